@@ -1,0 +1,1 @@
+"""FLIP: masked language-image pretraining in JAX/Flax."""

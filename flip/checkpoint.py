@@ -1,0 +1,69 @@
+"""Orbax checkpointing: periodic saves, automatic resume from the workdir, and the config."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+
+class Checkpointer:
+  """Saves the train state under `workdir/checkpoints/<step>`; restores the newest one.
+
+  Orbax writes each step to a temporary directory and renames it when complete, so a run killed
+  mid-save leaves the previous checkpoint intact and readable.
+  """
+
+  def __init__(self, workdir: str, every_steps: int, keep: int):
+    self.directory = epath.Path(workdir) / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps, max_to_keep=keep, create=True,
+            cleanup_tmp_directories=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore(self, abstract_state, step: int | None = None):
+    """Restores into the shapes, dtypes and shardings of `abstract_state` (ShapeDtypeStructs)."""
+    step = self.latest_step() if step is None else step
+    logging.info("Restoring checkpoint %s/%d", self.directory, step)
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def save(self, step: int, state, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Keeps the run's config next to its checkpoints (for evaluation and inference)."""
+  if jax.process_index() == 0:
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a FLIP training workdir.")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def check_writable(workdir: str) -> None:
+  """Fails before any work if the workdir cannot be created or written."""
+  path = epath.Path(workdir)
+  probe = path / f".write_probe_{jax.process_index()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except (OSError, PermissionError) as e:
+    raise PermissionError(f"Cannot write to --workdir={workdir} ({e}); choose a directory you "
+                          "can write to.") from e

@@ -1,0 +1,216 @@
+"""The config schema shared by every recipe, its `arg` parsing and its checks.
+
+Each file in configs/ starts from `base_config()`, sets the recipe's fields and calls
+`apply_arg(config, arg)`, so `get_config("local")` shrinks any recipe to run on one CPU
+and `get_config("mask=0.75")` changes one field. `validate(config)` runs before anything is
+built, so a wrong or missing field stops the run at once with a message saying what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+# Activations are sharded over the batch axes; parameters use the `embed`/`mlp`/`heads`/`vocab`
+# names that flip.models attach with nn.with_logical_partitioning. With the default mesh
+# (fsdp=1, model=1) every parameter is replicated: pure data parallelism.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("proj", None),
+    ("patch", None),
+    ("length", None),
+)
+
+
+def model_size(name: str) -> dict[str, Any]:
+  """Tower shapes of the paper's Table 9 (layers / width / heads) and the embedding dim."""
+  sizes = {
+      "B/16": (16, (12, 768, 12), (12, 512, 8), 512),
+      "L/16": (16, (24, 1024, 16), (12, 768, 12), 768),
+      "H/14": (14, (32, 1280, 16), (24, 1024, 16), 1024),
+  }
+  if name not in sizes:
+    raise ValueError(f"Unknown model size {name!r}; choose one of {sorted(sizes)}.")
+  patch, (idepth, iwidth, iheads), (tdepth, twidth, theads), embed = sizes[name]
+  return dict(
+      image=dict(patch_size=patch, depth=idepth, width=iwidth, num_heads=iheads),
+      text=dict(depth=tdepth, width=twidth, num_heads=theads),
+      embed_dim=embed,
+  )
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a recipe may set, with the paper's defaults (REFERENCE.md)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mask_ratio = 0.5  # fraction of image patches dropped in pretraining (FLIP: 0.5 or 0.75)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.image = ml_collections.ConfigDict(
+      dict(patch_size=16, depth=12, width=768, num_heads=12, mlp_ratio=4))
+  c.model.text = ml_collections.ConfigDict(
+      dict(vocab_size=30522, depth=12, width=512, num_heads=8, mlp_ratio=4, max_len=32))
+  c.model.embed_dim = 512
+
+  c.input = ml_collections.ConfigDict()
+  c.input.dataset = config_dict.placeholder(str)  # a TFDS name, e.g. "flip_shapes"
+  c.input.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS default
+  c.input.split = "train"
+  c.input.image_key = "image"
+  c.input.text_key = "captions"  # a string or a sequence of strings (one picked at random)
+  c.input.image_size = 224
+  c.input.text_len = 32
+  c.input.vocab_path = config_dict.placeholder(str)  # None = the packaged BERT-base uncased vocab
+  c.input.global_batch_size = 65536
+  c.input.crop_area_min = 0.5
+  c.input.shuffle_buffer = 250_000
+  c.input.cache = False  # keep encoded records in memory (small data sets only)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 4e-6  # per 256 samples: lr = base_lr * global_batch_size / 256
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.2
+  # Lengths: `*_steps` wins when set, else `*_samples` is converted with the global batch.
+  c.optim.warmup_samples = 51_200_000
+  c.optim.warmup_steps = config_dict.placeholder(int)
+  c.total_samples = 12_800_000_000
+  c.total_steps = config_dict.placeholder(int)
+
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.stop_at_step = 0  # >0: save and exit after this step (schedule unchanged); for time-limited jobs
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1: all remaining devices
+  c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+  # Evaluators: name -> dict(type=..., every_steps=..., ...); see flip/evaluation.
+  c.evals = ml_collections.ConfigDict()
+  return c
+
+
+def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
+  """The paper's pretraining recipe (REFERENCE.md) for a Table 9 model size.
+
+  64k batch, lr 4e-6 x batch/256 = 1.024e-3, AdamW (0.9, 0.95), wd 0.2, warmup 51.2M samples
+  (256M for H/14), cosine to 0 over 12.8B samples (~32 epochs of LAION-400M), 224 px.
+  The data set is left for the user to set (config.input.dataset).
+  """
+  c = base_config()
+  c.mask_ratio = mask_ratio
+  shape = model_size(size)
+  c.model.image.update(shape["image"])
+  c.model.text.update(shape["text"])
+  c.model.embed_dim = shape["embed_dim"]
+  c.input.image_size = 224
+  c.input.global_batch_size = 65536
+  c.optim.base_lr = 4e-6
+  c.optim.warmup_samples = 256_000_000 if size == "H/14" else 51_200_000
+  c.total_samples = 12_800_000_000
+  return c
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """'local,mask=0.75' -> {'local': '', 'mask': '0.75'}."""
+  out = {}
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
+  """Keeps the recipe's masking, optimizer and structure; shrinks sizes to run on one CPU."""
+  c.model.image.update(patch_size=4, depth=2, width=64, num_heads=2)
+  c.model.text.update(depth=1, width=64, num_heads=2)
+  c.model.embed_dim = 32
+  c.input.update(dataset="flip_shapes", image_size=32, global_batch_size=32,
+                 shuffle_buffer=2048, cache=True)
+  c.optim.base_lr = 1e-3 * 256 / 32 / 8
+  c.optim.warmup_steps = 5
+  c.total_steps = 20
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 10
+  if not c.evals:
+    c.evals.zeroshot = dict(type="zeroshot", dataset="flip_shapes", split="validation",
+                            templates=("a photo of a {}.",), every_steps=10)
+  for ev in c.evals.values():
+    ev.every_steps = 10
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg)
+  unknown = set(args) - {"local", "mask"}
+  if unknown:
+    raise ValueError(f"Unknown config arg(s) {sorted(unknown)}: the arg is a comma list of "
+                     "'local' and 'mask=<ratio>', e.g. --config=configs/demo.py:local,mask=0.75")
+  if "mask" in args:
+    c.mask_ratio = float(args["mask"])
+  if "local" in args:
+    shrink_for_cpu(c)
+  return c
+
+
+def steps_from(section: ml_collections.ConfigDict, name: str, global_batch_size: int) -> int:
+  """`{name}_steps` if set, else ceil(`{name}_samples` / global batch): the paper counts samples."""
+  steps = section.get(f"{name}_steps")
+  if steps is not None:
+    return int(steps)
+  samples = section.get(f"{name}_samples")
+  if samples is None:
+    raise ValueError(f"Set config {name}_steps or {name}_samples.")
+  return int(math.ceil(samples / global_batch_size))
+
+
+def _missing_fields(schema: ml_collections.ConfigDict, config: Any, prefix: str = "") -> list[str]:
+  missing = []
+  for key, value in schema.items():
+    path = f"{prefix}{key}"
+    if key not in config:
+      missing.append(path)
+    elif isinstance(value, ml_collections.ConfigDict) and key != "evals":
+      missing += _missing_fields(value, config[key], path + ".")
+  return missing
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Stops at once, with what to change, on a config that cannot run."""
+  missing = _missing_fields(base_config(), config)
+  if missing:
+    raise ValueError(f"Config is missing field(s) {missing}. Build recipes on "
+                     "flip.config_lib.base_config(), which defines every field.")
+  if not config.input.dataset:
+    raise ValueError("config.input.dataset is not set: pass --config.input.dataset=<TFDS name> "
+                     "(for example flip_shapes, the embedded data set).")
+  if not 0.0 <= config.mask_ratio < 1.0:
+    raise ValueError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
+  image = config.model.image
+  if config.input.image_size % image.patch_size:
+    raise ValueError(f"config.input.image_size={config.input.image_size} is not a multiple of "
+                     f"config.model.image.patch_size={image.patch_size}.")
+  for tower in ("image", "text"):
+    t = config.model[tower]
+    if t.width % t.num_heads:
+      raise ValueError(f"config.model.{tower}.width={t.width} is not divisible by "
+                       f"num_heads={t.num_heads}.")
+  if config.input.text_len > config.model.text.max_len:
+    raise ValueError(f"config.input.text_len={config.input.text_len} exceeds "
+                     f"config.model.text.max_len={config.model.text.max_len}.")
+  if config.input.global_batch_size <= 0:
+    raise ValueError("config.input.global_batch_size must be positive.")
+  for name, ev in config.evals.items():
+    if "type" not in ev or "every_steps" not in ev:
+      raise ValueError(f"config.evals.{name} needs 'type' and 'every_steps' fields.")

@@ -1,0 +1,53 @@
+"""Embedding many images or texts with the model, batch by batch, sharded over all devices."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from flip import sharding
+from flip.data import tokenizer as tokenizer_lib
+from flip.models import flip as flip_lib
+
+
+class Encoder:
+  """Jitted `encode_image`/`encode_text` over padded global batches; returns numpy on every host.
+
+  Every process passes the same full array; each contributes its own slice of every batch, and the
+  last partial batch is padded then dropped, so each example is embedded exactly once.
+  """
+
+  def __init__(self, model: flip_lib.FLIP, tokenizer: tokenizer_lib.Tokenizer, mesh: Mesh,
+               batch_size: int):
+    self.tokenizer = tokenizer
+    self.mesh = mesh
+    ways = sharding.batch_ways(mesh) * jax.process_count()
+    self.batch_size = max(ways, batch_size // ways * ways)
+    out = sharding.replicated(mesh)
+    self._image = jax.jit(functools.partial(model.apply, method=flip_lib.FLIP.encode_image),
+                          out_shardings=out)
+    self._text = jax.jit(functools.partial(model.apply, method=flip_lib.FLIP.encode_text),
+                         out_shardings=out)
+
+  def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
+    n = len(data)
+    local = self.batch_size // jax.process_count()
+    start = jax.process_index() * local
+    outputs = []
+    for i in range(0, n, self.batch_size):
+      chunk = data[i:i + self.batch_size]
+      pad = self.batch_size - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+      batch = sharding.global_batch({"x": chunk[start:start + local]}, self.mesh)["x"]
+      outputs.append(np.asarray(fn({"params": params}, batch))[:len(chunk) - pad])
+    return np.concatenate(outputs)
+
+  def images(self, params, images: np.ndarray) -> np.ndarray:
+    return self._run(self._image, params, images)
+
+  def texts(self, params, texts: list[str]) -> np.ndarray:
+    return self._run(self._text, params, self.tokenizer(texts))

@@ -1,0 +1,1 @@
+"""The two towers and the FLIP model that joins them."""

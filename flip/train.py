@@ -1,0 +1,198 @@
+"""train_and_evaluate(config, workdir): the one resumable training loop for every recipe."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from jax.sharding import Mesh
+
+from flip import checkpoint
+from flip import config_lib
+from flip import evaluation
+from flip import losses
+from flip import optim
+from flip import sharding
+from flip.data import pipeline
+from flip.data import tokenizer as tokenizer_lib
+from flip.evaluation import encode
+from flip.models import flip as flip_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
+               tx: optax.GradientTransformation, mesh: Mesh):
+  """Returns (init_fn, abstract_state): init_fn(rng) creates the state already sharded."""
+  size, text_len = config.input.image_size, config.input.text_len
+
+  def boxed_init(rng):
+    params = model.init({"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32),
+                        jnp.zeros((1, text_len), jnp.int32))["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  boxed = jax.eval_shape(boxed_init, jax.random.key(0))
+  shardings = sharding.logical_shardings(boxed, mesh, config.logical_axis_rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  init_fn = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
+  return init_fn, abstract
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_lib.FLIP,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, mask_ratio: float,
+               mask_rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of masked contrastive training; a fresh mask per step (rng folded with the step)."""
+  rng = jax.random.fold_in(mask_rng, state.step)
+
+  def loss_fn(params):
+    image_emb, text_emb, logit_scale = model.apply(
+        {"params": params}, batch["image"], batch["text"], mask_ratio=mask_ratio,
+        rngs={"mask": rng})
+    return losses.infonce(image_emb, text_emb, logit_scale), logit_scale
+
+  (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale), "lr": schedule(state.step),
+             "grad_norm": optax.global_norm(grads)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _flat_hparams(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat_hparams(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return out
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class DivergedError(FloatingPointError):
+  pass
+
+
+def _check_finite(loss: float, step: int, last_saved: int | None) -> None:
+  if not math.isfinite(loss):
+    kept = (f"the last good checkpoint (step {last_saved}) is kept and a rerun resumes from it"
+            if last_saved is not None else "no checkpoint was saved")
+    raise DivergedError(
+        f"Loss is {loss} at step {step}: training diverged; {kept}. Lower config.optim.base_lr "
+        "(or lengthen warmup) or check the input data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics."""
+  config_lib.validate(config)
+  checkpoint.check_writable(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  batch_size = config.input.global_batch_size
+  sharding.check_batch(batch_size, mesh)
+  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
+  tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
+
+  model = flip_lib.from_config(config.model)
+  tx = optim.make(config)
+  schedule = optim.schedule(config)
+  total_steps = config_lib.steps_from(config, "total", batch_size)
+  init_fn, abstract_state = init_state(config, model, tx, mesh)
+
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps, config.keep_checkpoints)
+  rng = jax.random.key(config.seed)
+  init_rng, mask_rng = jax.random.split(rng)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract_state)
+    logging.info("Resumed from step %d of %d.", int(state.step), total_steps)
+  else:
+    state = init_fn(init_rng)
+  start_step = int(state.step)
+  last_saved = ckpt.latest_step()
+  checkpoint.write_config(config, workdir)
+
+  writer = metric_writers.create_default_writer(workdir, just_logged=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
+  logging.info("Model: %.2fM parameters; mesh %s; global batch %d; %d steps; mask ratio %.2f.",
+               num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
+
+  evaluators = evaluation.make_evaluators(
+      config, encode.Encoder(model, tokenizer, mesh, batch_size))
+  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        mask_ratio=config.mask_ratio, mask_rng=mask_rng),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  batches = pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, start_step))
+  end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
+
+  summary: dict[str, float] = {}
+  timer_step, timer_start = start_step, time.time()
+  for step in range(start_step + 1, end_step + 1):
+    batch = sharding.global_batch(next(batches), mesh)
+    state, metrics = step_fn(state, batch)
+    is_last = step == end_step
+    is_log = step % config.log_every_steps == 0 or is_last
+    is_save = step % config.checkpoint_every_steps == 0 or is_last
+
+    if is_log or is_save:
+      metrics = jax.device_get(metrics)
+      _check_finite(float(metrics["loss"]), step, last_saved)
+    if is_log:
+      elapsed = time.time() - timer_start
+      steps_per_sec = (step - timer_step) / max(elapsed, 1e-9)
+      timer_step, timer_start = step, time.time()
+      scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+      scalars.update({"train/steps_per_sec": steps_per_sec,
+                      "train/images_per_sec": steps_per_sec * batch_size})
+      writer.write_scalars(step, scalars)
+      summary.update(scalars)
+      logging.info("step %d/%d (%.0f%%) | loss %.4f | lr %.3g | logit scale %.1f | "
+                   "%.2f steps/s | %.0f img/s | ETA %s", step, total_steps,
+                   100 * step / total_steps, metrics["loss"], metrics["lr"],
+                   metrics["logit_scale"], steps_per_sec, steps_per_sec * batch_size,
+                   _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
+
+    for name, evaluator in evaluators.items():
+      if step % config.evals[name].every_steps == 0 or is_last:
+        t0 = time.time()
+        results = {f"{name}/{k}": v for k, v in evaluator(state.params).items()}
+        writer.write_scalars(step, results)
+        summary.update(results)
+        logging.info("eval %s at step %d (%.1fs): %s", name, step, time.time() - t0,
+                     ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        timer_start += time.time() - t0  # keep evaluation out of the throughput figures
+
+    if is_save:
+      ckpt.save(step, state, force=is_last)
+      last_saved = step
+
+  ckpt.close()
+  writer.flush()
+  summary["step"] = int(state.step)
+  return summary

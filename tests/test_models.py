@@ -1,0 +1,131 @@
+"""Model shapes and parameter counts (paper Table 9), masking, padding, temperature."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flip import config_lib
+from flip.models import flip as flip_lib
+from flip.models import text as text_lib
+from flip.models import transformer
+from flip.models import vit
+
+
+def count(tree):
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("size,vision,text,total", [
+    ("B/16", 86, 53, 141), ("L/16", 303, 109, 414), ("H/14", 631, 334, 967)])
+def test_parameter_counts_match_table9(size, vision, text, total):
+  c = config_lib.paper_config(size, mask_ratio=0.5)
+  model = flip_lib.from_config(c.model)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 32), jnp.int32)))
+  params = nn.unbox(shapes["params"])
+  for got, want in [(count(params["image"]), vision), (count(params["text"]), text),
+                    (count(params), total)]:
+    assert abs(got / 1e6 - want) / want < 0.02, (size, got, want)
+
+
+def test_sincos_matches_formula():
+  emb = vit.sincos_2d(3, 5, 8)
+  assert emb.shape == (15, 8)
+  row, col = 2, 4  # token index row * grid_w + col
+  omega = 1 / 10_000 ** (np.arange(2) / 2)
+  want = np.concatenate([np.sin(col * omega), np.cos(col * omega),
+                         np.sin(row * omega), np.cos(row * omega)])
+  np.testing.assert_allclose(emb[row * 5 + col], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("length,ratio,keep", [(196, 0.5, 98), (196, 0.75, 49), (64, 0.6, 25),
+                                               (10, 0.0, 10)])
+def test_random_masking_keeps_int_L_times_1_minus_r(length, ratio, keep):
+  tokens = jnp.arange(4 * length * 3, dtype=jnp.float32).reshape(4, length, 3)
+  kept, idx = vit.random_masking(tokens, jax.random.key(0), ratio)
+  assert kept.shape == (4, keep, 3) and keep == int(length * (1 - ratio))
+  for b in range(4):
+    assert len(set(np.asarray(idx[b]).tolist())) == keep  # no duplicates
+    np.testing.assert_array_equal(kept[b], tokens[b][np.asarray(idx[b])])  # original tokens
+
+
+def test_random_masking_differs_per_sample_and_per_rng():
+  tokens = jnp.zeros((8, 64, 2))
+  _, idx = vit.random_masking(tokens, jax.random.key(0), 0.75)
+  sets = {tuple(sorted(np.asarray(i).tolist())) for i in idx}
+  assert len(sets) == 8
+  _, idx2 = vit.random_masking(tokens, jax.random.key(1), 0.75)
+  assert not np.array_equal(np.sort(idx, axis=1), np.sort(idx2, axis=1))
+
+
+def tiny_model():
+  c = config_lib.base_config()
+  c.model.image.update(patch_size=4, depth=2, width=32, num_heads=2)
+  c.model.text.update(depth=2, width=32, num_heads=2, vocab_size=100)
+  c.model.embed_dim = 16
+  return flip_lib.from_config(c.model)
+
+
+def init(model, size=16):
+  images = jax.random.normal(jax.random.key(1), (3, size, size, 3))
+  tokens = jax.random.randint(jax.random.key(2), (3, 32), 1, 100)
+  params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+  return params, images, tokens
+
+
+def test_mask_zero_equals_no_masking():
+  model = tiny_model()
+  params, images, _ = init(model)
+  plain = model.apply({"params": params}, images, method=flip_lib.FLIP.encode_image)
+  zero = model.apply({"params": params}, images, 0.0, method=flip_lib.FLIP.encode_image,
+                     rngs={"mask": jax.random.key(3)})
+  np.testing.assert_array_equal(plain, zero)
+  # Independently: a ratio-0 random_masking is a pure permutation, which the encoder + GAP ignore.
+  encoder = transformer.Encoder(depth=2, num_heads=2)
+  x = jax.random.normal(jax.random.key(4), (3, 16, 32))
+  shuffled, _ = vit.random_masking(x, jax.random.key(5), 0.0)
+  ep = encoder.init(jax.random.key(0), x)
+  np.testing.assert_allclose(encoder.apply(ep, x).mean(1), encoder.apply(ep, shuffled).mean(1),
+                             atol=1e-5)
+
+
+def test_masked_forward_is_random_per_rng():
+  model = tiny_model()
+  params, images, _ = init(model)
+  outs = [model.apply({"params": params}, images, 0.5, method=flip_lib.FLIP.encode_image,
+                      rngs={"mask": jax.random.key(k)}) for k in (0, 0, 1)]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert not np.allclose(outs[0], outs[2])
+
+
+def test_text_ignores_padding():
+  model = tiny_model()
+  params, _, _ = init(model)
+  tokens = np.zeros((2, 32), np.int32)
+  tokens[0, :5] = [98, 7, 8, 9, 99]
+  tokens[1, :3] = [98, 7, 99]
+  full = model.apply({"params": params}, jnp.asarray(tokens), method=flip_lib.FLIP.encode_text)
+  short = model.apply({"params": params}, jnp.asarray(tokens[:, :6]),
+                      method=flip_lib.FLIP.encode_text)
+  np.testing.assert_allclose(full, short, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(full, axis=-1), 1.0, rtol=1e-5)
+  assert text_lib.PAD_ID == 0
+
+
+def test_logit_scale_init_and_clip():
+  model = tiny_model()
+  params, images, tokens = init(model)
+  assert np.isclose(params["logit_scale"], math.log(1 / 0.07))
+  for value, want in [(10.0, math.log(100)), (-1.0, 0.0), (2.0, 2.0)]:
+    p = dict(params, logit_scale=jnp.asarray(value))
+    _, _, scale = model.apply({"params": p}, images, tokens)
+    assert np.isclose(scale, want)
+
+
+def test_projections_have_no_bias():
+  params, _, _ = init(tiny_model())
+  assert set(params["image_proj"]) == {"kernel"} and set(params["text_proj"]) == {"kernel"}

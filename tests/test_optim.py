@@ -1,0 +1,97 @@
+"""AdamW against a NumPy reference; the weight-decay mask; the warmup + cosine schedule."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flip import config_lib
+from flip import optim
+from flip.models import flip as flip_lib
+
+
+def small_config(**overrides):
+  c = config_lib.base_config()
+  c.input.global_batch_size = 512
+  c.optim.base_lr = 1e-3
+  c.optim.warmup_steps = 10
+  c.total_steps = 110
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def test_lr_is_base_times_batch_over_256_with_warmup_then_cosine():
+  c = small_config()
+  sched = optim.schedule(c)
+  peak = 1e-3 * 512 / 256
+  assert optim.peak_lr(c) == peak
+  assert sched(0) == 0.0
+  np.testing.assert_allclose(sched(5), peak / 2, rtol=1e-6)
+  np.testing.assert_allclose(sched(10), peak, rtol=1e-6)
+  np.testing.assert_allclose(sched(60), peak * 0.5 * (1 + math.cos(math.pi * 0.5)), rtol=1e-5)
+  np.testing.assert_allclose(sched(110), 0.0, atol=1e-12)
+
+
+def test_lengths_in_samples_convert_with_the_batch():
+  c = config_lib.paper_config("L/16", 0.5)
+  assert config_lib.steps_from(c, "total", 65536) == math.ceil(12.8e9 / 65536)
+  assert config_lib.steps_from(c.optim, "warmup", 65536) == math.ceil(51.2e6 / 65536)
+  np.testing.assert_allclose(optim.peak_lr(c), 1.024e-3)
+  c.total_steps = 7  # *_steps wins over *_samples
+  assert config_lib.steps_from(c, "total", 65536) == 7
+
+
+def test_decay_mask_on_real_model():
+  c = config_lib.base_config()
+  c.model.image.update(patch_size=4, depth=1, width=32, num_heads=2)
+  c.model.text.update(depth=1, width=32, num_heads=2, vocab_size=50)
+  c.model.embed_dim = 8
+  model = flip_lib.from_config(c.model)
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                               jnp.zeros((1, 32), jnp.int32))["params"])
+  flat = {optim.path_str(p): m for p, m in
+          jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
+  decayed = {k for k, m in flat.items() if m}
+  assert "text/token_embed/embedding" in decayed
+  assert "image_proj/kernel" in decayed and "image/patch_embed/kernel" in decayed
+  assert "image/encoder/block00/mlp/fc1/kernel" in decayed
+  for name, m in flat.items():
+    if name.endswith(("bias", "scale")) or "pos_embed" in name or name == "logit_scale":
+      assert not m, name
+    else:
+      assert name.endswith(("kernel", "embedding")) and m, name
+
+
+def test_adamw_matches_numpy_reference():
+  c = small_config()
+  c.optim.update(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.2)
+  tx = optim.make(c)
+  sched = optim.schedule(c)
+  params = {"dense": {"kernel": jnp.array([1.0, -2.0]), "bias": jnp.array([0.5])}}
+  grads = [{"dense": {"kernel": jnp.array([0.1, 0.3]), "bias": jnp.array([-0.2])}},
+           {"dense": {"kernel": jnp.array([-0.4, 0.2]), "bias": jnp.array([0.7])}}]
+  state = tx.init(params)
+  p = params
+  for g in grads:
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+
+  ref = {k: np.asarray(v, np.float64) for k, v in params["dense"].items()}
+  m = {k: 0.0 for k in ref}
+  v = {k: 0.0 for k in ref}
+  for t, g in enumerate(grads, start=1):
+    lr = float(sched(t - 1))
+    for k in ref:
+      gk = np.asarray(g["dense"][k], np.float64)
+      m[k] = 0.9 * m[k] + 0.1 * gk
+      v[k] = 0.95 * v[k] + 0.05 * gk ** 2
+      step = (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.95 ** t)) + 1e-8)
+      if k == "kernel":
+        step = step + 0.2 * ref[k]
+      ref[k] = ref[k] - lr * step
+  for k in ref:
+    np.testing.assert_allclose(p["dense"][k], ref[k], rtol=1e-5)

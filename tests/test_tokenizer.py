@@ -1,0 +1,46 @@
+"""WordPiece tokenizer: the packaged BERT-base uncased vocabulary, length 32, padding."""
+
+import numpy as np
+import pytest
+
+from flip.data import tokenizer as tokenizer_lib
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return tokenizer_lib.Tokenizer(max_len=32)
+
+
+def test_known_bert_ids(tok):
+  # Ids of bert-base-uncased: [CLS]=101 a=1037 photo=6302 of=1997 red=2417 circle=4418 [SEP]=102.
+  ids = tok(["A Photo of a RED circle"])[0]
+  assert ids[:8].tolist() == [101, 1037, 6302, 1997, 1037, 2417, 4418, 102]
+  assert (ids[8:] == 0).all() and ids.shape == (32,)
+  assert tok.vocab_size == 30522
+
+
+def test_accents_are_stripped_and_unknown_is_unk(tok):
+  assert tok(["café"])[0][:3].tolist() == tok(["cafe"])[0][:3].tolist()
+  assert 100 in tok(["😀"])[0].tolist()  # [UNK]
+
+
+def test_truncates_to_max_len_keeping_sep(tok):
+  ids = tok(["word " * 100, ""])
+  assert ids.shape == (2, 32) and ids.dtype == np.int32
+  assert ids[0, 0] == 101 and ids[0, -1] == 102 and (ids[0] != 0).all()
+  assert ids[1, :2].tolist() == [101, 102] and (ids[1, 2:] == 0).all()
+
+
+def test_vocab_size_mismatch_is_a_clear_error(tok):
+  with pytest.raises(ValueError, match="vocab_size=30522"):
+    tokenizer_lib.check_vocab_size(tok, 1000)
+  tokenizer_lib.check_vocab_size(tok, 30522)
+
+
+def test_missing_vocab_file_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="vocab_path"):
+    tokenizer_lib.Tokenizer(str(tmp_path / "nope.txt"))
+  bad = tmp_path / "bad.txt"
+  bad.write_text("hello\nworld\n")
+  with pytest.raises(ValueError, match="special tokens"):
+    tokenizer_lib.Tokenizer(str(bad))
