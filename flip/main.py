@@ -17,6 +17,18 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl flag parsing, with a one-line error for a mistyped --config.field override."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    print(f"error: could not parse the flags ({type(e).__name__}: {e}). Check the spelling and "
+          f"type of the overrides {overrides}: every config field and its type is defined in "
+          "flip/config_lib.py:base_config().", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.field=value overrides.")
@@ -33,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

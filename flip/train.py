@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_saved = ckpt.latest_step()
   checkpoint.write_config(config, workdir)
 
-  writer = metric_writers.create_default_writer(workdir, just_logged=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(_flat_hparams(config))
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))

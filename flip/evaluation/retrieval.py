@@ -23,8 +23,9 @@ class Retrieval:
   def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                encoder: encode.Encoder):
     self.encoder = encoder
+    data_dir = ev.get("data_dir") or config.input.data_dir
     text_key = ev.get("text_key", "captions")
-    examples = pipeline.eval_examples(ev.dataset, ev.split, ev.get("data_dir"),
+    examples = pipeline.eval_examples(ev.dataset, ev.split, data_dir,
                                       ev.get("image_key", "image"), config.input.image_size,
                                       keys=(text_key,))
     self.images = examples["image"]

@@ -26,13 +26,14 @@ class ZeroShot:
   def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                encoder: encode.Encoder):
     self.encoder = encoder
+    data_dir = ev.get("data_dir") or config.input.data_dir
     self.templates = tuple(ev.templates)
     label_key = ev.get("label_key", "label")
-    self.examples = pipeline.eval_examples(ev.dataset, ev.split, ev.get("data_dir"),
+    self.examples = pipeline.eval_examples(ev.dataset, ev.split, data_dir,
                                            ev.get("image_key", "image"), config.input.image_size,
                                            keys=(label_key,))
     self.labels = self.examples.pop(label_key)
-    feature = pipeline.builder(ev.dataset, ev.get("data_dir")).info.features[label_key]
+    feature = pipeline.builder(ev.dataset, data_dir).info.features[label_key]
     self.class_names = [n.replace("_", " ") for n in feature.names]
 
   def __call__(self, params) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""Input: the embedded data set, tokenizer and tf.data pipeline."""

@@ -1,0 +1,121 @@
+"""End-to-end training on the embedded data set: runs, resumes exactly, fails clearly."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from flip import checkpoint
+from flip import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import demo  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def local_config(data_dir, **overrides):
+  c = demo.get_config("local")
+  c.input.data_dir = data_dir  # the evaluators read their data sets from it too
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+def final_params(workdir, config):
+  """The params of the newest checkpoint in `workdir`, as numpy."""
+  from flip import optim, sharding
+  from flip.models import flip as flip_lib
+  mesh = sharding.make_mesh(config.mesh)
+  _, abstract = train.init_state(config, flip_lib.from_config(config.model), optim.make(config),
+                                 mesh)
+  ckpt = checkpoint.Checkpointer(workdir, 1, 3)
+  state = ckpt.restore(abstract)
+  ckpt.close()
+  return jax.tree.map(np.asarray, state.params), int(state.step)
+
+
+def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
+  config = local_config(shapes_data_dir)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == config.total_steps == 20
+  assert np.isfinite(summary["train/loss"])
+  assert 0.0 <= summary["zeroshot/top1"] <= 1.0
+  for key in ("train/lr", "train/logit_scale", "train/steps_per_sec", "train/images_per_sec",
+              "retrieval/i2t_top1", "retrieval/t2i_top1"):
+    assert key in summary
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
+  assert tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*"))
+  assert checkpoint.read_config(str(tmp_path)).mask_ratio == config.mask_ratio
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_path):
+  overrides = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}
+  straight = local_config(shapes_data_dir, **overrides)
+  train.train_and_evaluate(straight, str(tmp_path / "straight"))
+
+  stopped = local_config(shapes_data_dir, stop_at_step=6, **overrides)
+  train.train_and_evaluate(stopped, str(tmp_path / "resumed"))
+  assert final_params(str(tmp_path / "resumed"), stopped)[1] == 6
+  summary = train.train_and_evaluate(local_config(shapes_data_dir, **overrides),
+                                     str(tmp_path / "resumed"))
+  assert summary["step"] == 12
+
+  want, want_step = final_params(str(tmp_path / "straight"), straight)
+  got, got_step = final_params(str(tmp_path / "resumed"), straight)
+  assert want_step == got_step == 12
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_nan_guard_stops_with_a_clear_message(shapes_data_dir, tmp_path):
+  config = local_config(shapes_data_dir, evals={}, checkpoint_every_steps=2, log_every_steps=1,
+                        **{"optim.base_lr": 1e12, "optim.warmup_steps": 1})
+  with pytest.raises(train.DivergedError, match="diverged.*base_lr"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  if steps:  # whatever was saved was saved before the loss went bad
+    params, _ = final_params(str(tmp_path), config)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    ({"input.global_batch_size": 12}, ValueError, "divisible by the 8 devices"),
+    ({"model.text.vocab_size": 1000}, ValueError, "vocab_size=30522"),
+    ({"input.dataset": "no_such_dataset_xyz"}, ValueError, "Unknown TFDS data set"),
+    ({"mesh.model": 3}, ValueError, "config.mesh"),
+])
+def test_bad_input_fails_fast(shapes_data_dir, tmp_path, overrides, error, message):
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(local_config(shapes_data_dir, **overrides), str(tmp_path))
+
+
+def test_unwritable_workdir_fails_fast(shapes_data_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("x")
+  with pytest.raises(PermissionError, match="--workdir"):
+    train.train_and_evaluate(local_config(shapes_data_dir), str(blocker / "run"))
+
+
+def run_main(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "flip.main", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_cli_rejects_unknown_config_field(tmp_path):
+  result = run_main("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.input.bogus=1")
+  assert result.returncode != 0
+  assert "bogus" in result.stderr
+
+
+def test_cli_reports_missing_dataset(tmp_path):
+  result = run_main("--config=configs/vitb16_mask50.py", f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  assert "--config.input.dataset" in result.stderr
