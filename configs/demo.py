@@ -19,7 +19,7 @@ def get_config(arg=None):
   c.input.shuffle_buffer = 20_000
   c.input.cache = True
 
-  c.optim.base_lr = 1e-3 * 256 / 4096  # peak lr 1e-3 at batch 256
+  c.optim.base_lr = 1e-3  # lr = base_lr * batch / 256: 1e-3 at batch 256
   c.optim.weight_decay = 0.05
   c.optim.warmup_steps = 50
   c.total_steps = 600

@@ -181,47 +181,58 @@ def _rotate(points: np.ndarray, degrees: float) -> np.ndarray:
   return points @ rot.T
 
 
-def _shape_mask(shape: str, cx: float, cy: float, extent: float,
-                rng: np.random.Generator) -> np.ndarray:
+def _geometry(shape: str, extent: float, rng: np.random.Generator) -> dict:
+  """Outline of one shape of nominal size `extent` px, centred on its bbox.
+
+  Returns a dict with either `poly` (points [k, 2] as (x, y) offsets from the
+  centre) or `radius`/`inner` (disc or annulus), and `half` = the half width
+  and half height of its bounding box.
+  """
+  e = extent
+  rot = rng.uniform(-12.0, 12.0)
+  if shape == 'circle':
+    return dict(radius=e / 2, inner=0.0, half=(e / 2, e / 2))
+  if shape == 'ring':
+    return dict(radius=e / 2, inner=e / 2 * rng.uniform(0.48, 0.58),
+                half=(e / 2, e / 2))
+  if shape == 'square':
+    h = e * 0.86 / 2
+    pts = np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
+  elif shape == 'triangle':
+    ang = np.radians([-90.0, 30.0, 150.0])
+    pts = np.stack([np.cos(ang), np.sin(ang)], 1) * (e * 0.58)
+  elif shape == 'star':
+    r = e * 0.52
+    ang = np.radians(-90.0 + 36.0 * np.arange(10))
+    rad = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.42, 0.50))
+    pts = np.stack([np.cos(ang) * rad, np.sin(ang) * rad], 1)
+  elif shape == 'cross':
+    a = e / 2
+    w = e * rng.uniform(0.15, 0.19)
+    pts = np.array([[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w],
+                    [w, a], [-w, a], [-w, w], [-a, w], [-a, -w], [-w, -w]])
+  else:
+    raise ValueError(f'Unknown shape {shape!r}')
+  pts = _rotate(pts, rot)
+  lo, hi = pts.min(0), pts.max(0)
+  pts = pts - (lo + hi) / 2
+  return dict(poly=pts, half=tuple((hi - lo) / 2))
+
+
+def _shape_mask(geom: dict, cx: float, cy: float) -> np.ndarray:
   """Anti-aliased coverage mask [64, 64] in [0, 1] of one shape."""
   s = _SS
   img = Image.new('L', (IMAGE_SIZE * s, IMAGE_SIZE * s), 0)
   draw = ImageDraw.Draw(img)
-  cx, cy, e = cx * s, cy * s, extent * s
-  rot = rng.uniform(-12.0, 12.0)
-  if shape in ('circle', 'ring'):
-    r = e / 2
-    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    if shape == 'ring':
-      ri = r * rng.uniform(0.48, 0.58)
-      draw.ellipse([cx - ri, cy - ri, cx + ri, cy + ri], fill=0)
-  else:
-    if shape == 'square':
-      h = e * 0.86 / 2
-      pts = np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
-    elif shape == 'triangle':
-      r = e * 0.62
-      ang = np.radians([-90.0, 30.0, 150.0])
-      pts = np.stack([np.cos(ang), np.sin(ang)], 1) * r
-      pts[:, 1] += 0.25 * r  # centre the bounding box, not the centroid
-    elif shape == 'star':
-      r = e * 0.55
-      ri = r * rng.uniform(0.42, 0.50)
-      ang = np.radians(-90.0 + 36.0 * np.arange(10))
-      rad = np.where(np.arange(10) % 2 == 0, r, ri)
-      pts = np.stack([np.cos(ang) * rad, np.sin(ang) * rad], 1)
-      pts[:, 1] += 0.5 * (r - r * math.cos(math.radians(36)))
-    elif shape == 'cross':
-      a = e / 2
-      w = e * rng.uniform(0.15, 0.19)
-      pts = np.array([[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w],
-                      [w, a], [-w, a], [-w, w], [-a, w], [-a, -w], [-w, -w]])
-    else:
-      raise ValueError(f'Unknown shape {shape!r}')
-    pts = _rotate(pts, rot) + np.array([cx, cy])
+  if 'poly' in geom:
+    pts = (geom['poly'] + np.array([cx, cy])) * s
     draw.polygon([tuple(p) for p in pts.tolist()], fill=255)
-  img = img.reduce(s)
-  return np.asarray(img, dtype=np.float32) / 255.0
+  else:
+    for radius, fill in ((geom['radius'], 255), (geom['inner'], 0)):
+      if radius > 0:
+        r = radius * s
+        draw.ellipse([cx * s - r, cy * s - r, cx * s + r, cy * s + r], fill=fill)
+  return np.asarray(img.reduce(s), dtype=np.float32) / 255.0
 
 
 def _object_rgb(colour: str, rng: np.random.Generator) -> np.ndarray:
@@ -240,35 +251,39 @@ def _position_name(cy: float) -> str:
   return 'middle'
 
 
-def _sample_centres(rng, extent, margin, n):
-  lo = margin + extent / 2
-  hi = IMAGE_SIZE - margin - extent / 2
-  return rng.uniform(lo, hi, size=(n, 2))
+def _sample_centres(rng, half, margin, n):
+  """n candidate centres keeping a bbox of half-extents `half` in the margin."""
+  hx, hy = half
+  x = rng.uniform(margin + hx, IMAGE_SIZE - margin - hx, size=n)
+  y = rng.uniform(margin + hy, IMAGE_SIZE - margin - hy, size=n)
+  return np.stack([x, y], 1)
 
 
-def _layout(rng: np.random.Generator, classes: list[int]) -> list[dict]:
-  """Sizes and centres of the objects (no/little overlap for two objects)."""
-  n = len(classes)
+def _layout(rng: np.random.Generator, shapes: list[str]) -> list[dict]:
+  """Size, outline and centre of each object (two objects kept apart)."""
   objs = []
-  if n == 1:
-    size = SIZES[rng.integers(2)]
+  if len(shapes) == 1:
+    size = SIZES[int(rng.integers(2))]
     extent = rng.uniform(*(_SMALL_RANGE if size == 'small' else _LARGE_RANGE))
-    cx, cy = _sample_centres(rng, extent, _MARGIN_SINGLE, 1)[0]
-    objs.append(dict(size=size, extent=extent, cx=cx, cy=cy))
+    geom = _geometry(shapes[0], extent, rng)
+    cx, cy = _sample_centres(rng, geom['half'], _MARGIN_SINGLE, 1)[0]
+    objs.append(dict(size=size, geom=geom, cx=cx, cy=cy))
   else:
     # The primary object is never smaller than the secondary one.
-    size0 = SIZES[rng.integers(2)]
+    size0 = SIZES[int(rng.integers(2))]
     e0 = rng.uniform(*(_SMALL_RANGE if size0 == 'small' else _LARGE_RANGE_PAIR))
     e1 = rng.uniform(_SMALL_RANGE[0], min(_SMALL_RANGE[1], e0))
-    p0 = _sample_centres(rng, e0, _MARGIN_PAIR, 64)
-    p1 = _sample_centres(rng, e1, _MARGIN_PAIR, 64)
-    d = np.abs(p0 - p1)
-    # Separation along the better axis (>= 0 means disjoint bounding boxes).
-    sep = np.max(d - (e0 + e1) / 2, axis=1)
+    g0 = _geometry(shapes[0], e0, rng)
+    g1 = _geometry(shapes[1], e1, rng)
+    p0 = _sample_centres(rng, g0['half'], _MARGIN_PAIR, 64)
+    p1 = _sample_centres(rng, g1['half'], _MARGIN_PAIR, 64)
+    gap = np.abs(p0 - p1) - (np.array(g0['half']) + np.array(g1['half']))
+    # Separation of the bounding boxes along the better axis (>= 0: disjoint).
+    sep = gap.max(axis=1)
     ok = np.nonzero(sep >= 1.0)[0]
     k = int(ok[0]) if len(ok) else int(np.argmax(sep))
-    objs.append(dict(size=size0, extent=e0, cx=p0[k, 0], cy=p0[k, 1]))
-    objs.append(dict(size='small', extent=e1, cx=p1[k, 0], cy=p1[k, 1]))
+    objs.append(dict(size=size0, geom=g0, cx=p0[k, 0], cy=p0[k, 1]))
+    objs.append(dict(size='small', geom=g1, cx=p1[k, 0], cy=p1[k, 1]))
   return objs
 
 
@@ -428,20 +443,20 @@ def render_example(split: str, index: int) -> dict[str, Any]:
 
   bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
   image = _background(bg, rng)
-  objs = _layout(rng, classes)
+  objs = _layout(rng, [SHAPES[c % len(SHAPES)] for c in classes])
   for obj, cls in zip(objs, classes):
     obj['colour'] = COLOURS[cls // len(SHAPES)]
     obj['shape'] = SHAPES[cls % len(SHAPES)]
-    mask = _shape_mask(obj['shape'], obj['cx'], obj['cy'], obj['extent'], rng)
+    mask = _shape_mask(obj['geom'], obj['cx'], obj['cy'])
     rgb = _object_rgb(obj['colour'], rng)
     alpha = mask[..., None]
     image += alpha * (rgb - image)
     rows = np.nonzero(mask.max(axis=1) > 0.25)[0]
     cols = np.nonzero(mask.max(axis=0) > 0.25)[0]
-    obj['bbox'] = (rows[0] / IMAGE_SIZE, cols[0] / IMAGE_SIZE,
-                   (rows[-1] + 1) / IMAGE_SIZE, (cols[-1] + 1) / IMAGE_SIZE)
-    obj['position'] = _position_name(obj['cy'])
-  image += rng.standard_normal(size=image.shape, dtype=np.float32) * 0.012
+    obj['bbox'] = (float(rows[0]) / IMAGE_SIZE, float(cols[0]) / IMAGE_SIZE,
+                   float(rows[-1] + 1) / IMAGE_SIZE,
+                   float(cols[-1] + 1) / IMAGE_SIZE)
+    obj['position'] = _position_name((rows[0] + rows[-1] + 1) / 2)
   image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
   captions = _captions(rng, objs, bg)
