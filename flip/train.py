@@ -148,10 +148,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
-  batches = pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, start_step))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
+  batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, start_step))
+             if start_step < end_step else iter(()))
 
   summary: dict[str, float] = {}
+
+  def run_evals(names: list[str], step: int, params) -> float:
+    """Runs the named evaluators, writes and logs their metrics; returns the seconds taken."""
+    start = time.time()
+    for name in names:
+      t0 = time.time()
+      results = {f"{name}/{k}": v for k, v in evaluators[name](params).items()}
+      writer.write_scalars(step, results)
+      summary.update(results)
+      logging.info("eval %s at step %d (%.1fs): %s", name, step, time.time() - t0,
+                   ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+    return time.time() - start
+
   timer_step, timer_start = start_step, time.time()
   for step in range(start_step + 1, end_step + 1):
     batch = sharding.global_batch(next(batches), mesh)
@@ -178,19 +192,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    metrics["logit_scale"], steps_per_sec, steps_per_sec * batch_size,
                    _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
 
-    for name, evaluator in evaluators.items():
-      if step % config.evals[name].every_steps == 0 or is_last:
-        t0 = time.time()
-        results = {f"{name}/{k}": v for k, v in evaluator(state.params).items()}
-        writer.write_scalars(step, results)
-        summary.update(results)
-        logging.info("eval %s at step %d (%.1fs): %s", name, step, time.time() - t0,
-                     ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-        timer_start += time.time() - t0  # keep evaluation out of the throughput figures
+    due = [name for name in evaluators
+           if step % config.evals[name].every_steps == 0 or is_last]
+    timer_start += run_evals(due, step, state.params)  # evaluation is not in the throughput
 
     if is_save:
       ckpt.save(step, state, force=is_last)
       last_saved = step
+  if start_step >= end_step:  # nothing left to train: report the final model's metrics
+    logging.info("The checkpoint is already at step %d; evaluating it.", start_step)
+    run_evals(list(evaluators), start_step, state.params)
 
   ckpt.close()
   writer.flush()

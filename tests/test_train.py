@@ -1,8 +1,10 @@
 """End-to-end training on the embedded data set: runs, resumes exactly, fails clearly."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -54,6 +56,10 @@ def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
   assert tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*"))
   assert checkpoint.read_config(str(tmp_path)).mask_ratio == config.mask_ratio
+
+  again = train.train_and_evaluate(config, str(tmp_path))  # finished: evaluates, trains nothing
+  assert again["step"] == 20 and "train/loss" not in again
+  assert again["zeroshot/top1"] == summary["zeroshot/top1"]
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_path):
@@ -119,3 +125,46 @@ def test_cli_reports_missing_dataset(tmp_path):
   result = run_main("--config=configs/vitb16_mask50.py", f"--workdir={tmp_path}")
   assert result.returncode == 1
   assert "--config.input.dataset" in result.stderr
+
+
+def test_demo_learns_well_above_chance(shapes_data_dir, tmp_path):
+  """A shortened demo run (250 of its 2200 steps) beats chance (1/48) zero-shot by far."""
+  config = demo.get_config()
+  config.input.data_dir = shapes_data_dir
+  config.total_steps = 250
+  config.checkpoint_every_steps = 250
+  for ev in config.evals.values():
+    ev.every_steps = 250
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  chance = 1 / 48
+  print(f"demo after 250 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
+        f"i2t top-1 {summary['retrieval/i2t_top1']:.3f}")
+  assert summary["zeroshot/top1"] > 5 * chance, summary
+  assert summary["retrieval/i2t_top1"] > 5 / 1000, summary  # chance: 1 of 1000 images
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(shapes_data_dir, tmp_path):
+  """SIGKILL as soon as a checkpoint is being written; the rerun resumes and finishes."""
+  args = ["--config=configs/demo.py:local", f"--workdir={tmp_path}",
+          f"--config.input.data_dir={shapes_data_dir}", "--config.total_steps=30",
+          "--config.checkpoint_every_steps=5", "--config.evals.zeroshot.every_steps=1000"]
+  proc = subprocess.Popen([sys.executable, "-m", "flip.main", *args], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = tmp_path / "checkpoints"
+  deadline = time.time() + 300
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      entries = set(os.listdir(ckpt_dir)) if ckpt_dir.exists() else set()
+      if "5" in entries and entries - {"5"}:
+        break  # the first checkpoint is complete and a later one has started
+      time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.wait()
+  killed_at = sorted(os.listdir(ckpt_dir))
+  result = run_main(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resumed from step" in result.stderr, (killed_at, result.stderr[-3000:])
+  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  assert steps[-1] == 30, (killed_at, steps)

@@ -90,7 +90,7 @@ _LARGE_RANGE = (26.0, 34.0)
 _LARGE_RANGE_PAIR = (26.0, 30.0)  # primary 'large' object in 2-object scenes
 _MARGIN_SINGLE = 6.0  # objects stay inside the central ~80% of the image
 _MARGIN_PAIR = 4.0
-_P_TWO_OBJECTS = 0.4
+_P_TWO_OBJECTS = 0.3
 _P_SYNONYM = 0.15
 _SS = 2  # supersampling factor for anti-aliased drawing
 
@@ -106,7 +106,7 @@ def _muted_colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
   """Two low-saturation colours of similar hue and different lightness."""
   hue = rng.uniform()
   v1 = rng.uniform(0.30, 0.80)
-  dv = rng.uniform(0.10, 0.22) * rng.choice([-1.0, 1.0])
+  dv = rng.uniform(0.06, 0.14) * rng.choice([-1.0, 1.0])
   v2 = v1 + dv
   if not 0.15 <= v2 <= 0.92:
     v2 = v1 - dv
@@ -496,8 +496,11 @@ class FlipShapes(tfds.core.GeneratorBasedBuilder):
   "colour shape" class of the primary (first) object.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': 'Fewer two-object scenes (30%) and lower-contrast backgrounds.',
+  }
 
   @tfds.core.utils.classproperty
   @classmethod
