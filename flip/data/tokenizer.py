@@ -34,10 +34,17 @@ class Tokenizer:
     table = tf.lookup.StaticVocabularyTable(
         tf.lookup.KeyValueTensorInitializer(vocab, tf.range(len(vocab), dtype=tf.int64)),
         num_oov_buckets=1)
-    self._bert = tf_text.BertTokenizer(table, lower_case=True, token_out_type=tf.int32)
+    # Lower-casing is done as BERT's reference tokenizer does it (Unicode lower case, NFD, accents
+    # dropped) rather than with tf_text's `lower_case=True`, whose NFKC case folding also turns
+    # "ß" into "ss", ligatures into letters and full-width forms into ASCII.
+    self._bert = tf_text.BertTokenizer(table, lower_case=False, token_out_type=tf.int32)
 
   def wordpieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
     """Strings [b] -> ragged WordPiece ids [b, None], no special tokens, no truncation."""
+    # BERT drops format and control characters (zero-width joiners, U+FFFD, ...) first.
+    texts = tf.strings.regex_replace(texts, r"[\p{Cf}\x{FFFD}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]", "")
+    texts = tf.strings.lower(texts, encoding="utf-8")
+    texts = tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
     return self._bert.tokenize(texts).merge_dims(-2, -1)
 
   def tokenize(self, texts: tf.Tensor) -> tf.Tensor:
