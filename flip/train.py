@@ -75,6 +75,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_li
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
+                   schedule: optax.Schedule, mask_ratio: float, mask_rng: jax.Array,
+                   abstract_state, mesh: Mesh):
+  """train_step jitted with the state's shardings, batch-sharded inputs and a donated state."""
+  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                        mask_ratio=mask_ratio, mask_rng=mask_rng),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+
 def _flat_hparams(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in config.items():
@@ -141,13 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   evaluators = evaluation.make_evaluators(
       config, encode.Encoder(model, tokenizer, mesh, batch_size))
-  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        mask_ratio=config.mask_ratio, mask_rng=mask_rng),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  step_fn = jit_train_step(model, tx, schedule, config.mask_ratio, mask_rng, abstract_state,
+                           mesh)
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
   batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, start_step))
              if start_step < end_step else iter(()))

@@ -11,7 +11,6 @@ absolute times move with whatever else the machine is doing. `--json=FILE` saves
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 
@@ -45,12 +44,8 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   model = flip_lib.from_config(config.model)
   tx = optim.make(config)
   init_fn, abstract = train.init_state(config, model, tx, mesh)
-  state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  step_fn = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx, schedule=optim.schedule(config),
-                        mask_ratio=mask_ratio, mask_rng=jax.random.key(1)),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  step_fn = train.jit_train_step(model, tx, optim.schedule(config), mask_ratio,
+                                 jax.random.key(1), abstract, mesh)
 
   rng = np.random.default_rng(0)
   size, text_len = config.input.image_size, config.input.text_len
