@@ -14,11 +14,10 @@ def get_config(arg=None):
   c.model.text.update(depth=1, width=128, num_heads=4)
   c.model.embed_dim = 128
 
-  c.input.dataset = "flip_shapes"
+  c.input.data = "tfds:flip_shapes"
   c.input.image_size = 32
   c.input.global_batch_size = 256
   c.input.shuffle_buffer = 20_000
-  c.input.cache = True
   # The scenes are small and their objects fill little of the frame: crops below ~0.8 of the
   # area often cut away an object that the caption still names (the paper's recipe uses 0.5).
   c.input.crop_area_min = 0.8

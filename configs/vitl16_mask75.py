@@ -1,7 +1,7 @@
 """FLIP L/16 pretraining at mask ratio 0.75 (the paper's recipe; see flip.config_lib.paper_config).
 
 python -m flip.main --config=configs/vitl16_mask75.py --workdir=gs://BUCKET/vitl16_mask75 \
-    --config.input.dataset=YOUR_TFDS_DATASET
+    --config.input.data='wds:gs://BUCKET/laion400m/{00000..41407}.tar'
 Append :local to the config path to run the same recipe shrunk on one CPU.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,7 +22,7 @@ class Checkpointer:
   def __init__(self, workdir: str, every_steps: int, keep: int):
     self.directory = epath.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps, max_to_keep=keep, create=True,
             cleanup_tmp_directories=True))
@@ -29,14 +30,27 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, abstract_state, step: int | None = None):
-    """Restores into the shapes, dtypes and shardings of `abstract_state` (ShapeDtypeStructs)."""
+  def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict | None]:
+    """(state, input position) of a step (default: the newest).
+
+    The state is restored into the shapes, dtypes and shardings of `abstract_state`
+    (ShapeDtypeStructs); the input position is the JSON saved with it (None if absent).
+    """
     step = self.latest_step() if step is None else step
     logging.info("Restoring checkpoint %s/%d", self.directory, step)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    has_data = (self.directory / str(step) / "data").exists()  # absent before input positions
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if has_data:
+      args["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], (restored["data"] if has_data else None)
 
-  def save(self, step: int, state, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  def save(self, step: int, state, data: dict | None = None, force: bool = False) -> bool:
+    """Saves the train state and, as JSON, where the input stream is (`data`)."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if data is not None:
+      args["data"] = ocp.args.JsonSave(data)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

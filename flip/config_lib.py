@@ -14,6 +14,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from flip.data import sources
+
 # Activations are sharded over the batch axes; parameters use the `embed`/`mlp`/`heads`/`vocab`
 # names that flip.models attach with nn.with_logical_partitioning. With the default mesh
 # (fsdp=1, model=1) every parameter is replicated: pure data parallelism.
@@ -61,18 +63,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_dim = 512
 
   c.input = ml_collections.ConfigDict()
-  c.input.dataset = config_dict.placeholder(str)  # a TFDS name, e.g. "flip_shapes"
+  # Training data: one source or several mixed (';'-separated), each FORMAT:LOCATION[?options]
+  # with FORMAT wds | tfrecord | tfds | csv; see flip/data/sources.py and the README.
+  c.input.data = config_dict.placeholder(str)  # e.g. "tfds:flip_shapes", "wds:/d/{00000..00099}.tar"
   c.input.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS default
-  c.input.split = "train"
-  c.input.image_key = "image"
-  c.input.text_key = "captions"  # a string or a sequence of strings (one picked at random)
+  c.input.split = "train"  # TFDS split of tfds sources
+  c.input.image_key = config_dict.placeholder(str)  # None: jpg/png/webp (wds), jpg (tfrecord), image
+  c.input.text_key = config_dict.placeholder(str)  # None: txt (wds, tfrecord), captions (tfds)
   c.input.image_size = 224
   c.input.text_len = 32
   c.input.vocab_path = config_dict.placeholder(str)  # None = the packaged BERT-base uncased vocab
   c.input.global_batch_size = 65536
   c.input.crop_area_min = 0.5
-  c.input.shuffle_buffer = 250_000
-  c.input.cache = False  # keep encoded records in memory (small data sets only)
+  c.input.shuffle_files = True  # shard-level shuffle: a new random file order every epoch
+  c.input.cycle_length = 16  # files read at once (interleaved) per process and source
+  # Sample-level shuffle buffer (encoded records) within each group of cycle_length files; it is
+  # refilled at each group's start, so a larger buffer mixes more but pauses longer there.
+  c.input.shuffle_buffer = 20_000
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 4e-6  # per 256 samples: lr = base_lr * global_batch_size / 256
@@ -104,7 +111,7 @@ def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
 
   64k batch, lr 4e-6 x batch/256 = 1.024e-3, AdamW (0.9, 0.95), wd 0.2, warmup 51.2M samples
   (256M for H/14), cosine to 0 over 12.8B samples (~32 epochs of LAION-400M), 224 px.
-  The data set is left for the user to set (config.input.dataset).
+  The data is left for the user to set (config.input.data).
   """
   c = base_config()
   c.mask_ratio = mask_ratio
@@ -137,8 +144,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.model.image.update(patch_size=4, depth=2, width=64, num_heads=2)
   c.model.text.update(depth=1, width=64, num_heads=2)
   c.model.embed_dim = 32
-  c.input.update(dataset="flip_shapes", image_size=32, global_batch_size=32,
-                 shuffle_buffer=2048, cache=True)
+  c.input.update(data="tfds:flip_shapes", image_size=32, global_batch_size=32,
+                 shuffle_buffer=2048)
   c.optim.base_lr = 4e-3  # peak lr 5e-4 at batch 32
   c.optim.warmup_steps = 5
   c.total_steps = 20
@@ -192,9 +199,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if missing:
     raise ValueError(f"Config is missing field(s) {missing}. Build recipes on "
                      "flip.config_lib.base_config(), which defines every field.")
-  if not config.input.dataset:
-    raise ValueError("config.input.dataset is not set: pass --config.input.dataset=<TFDS name> "
-                     "(for example flip_shapes, the embedded data set).")
+  sources.parse(config.input.data)  # the format of config.input.data; files are checked later
   if not 0.0 <= config.mask_ratio < 1.0:
     raise ValueError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
   image = config.model.image

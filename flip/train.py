@@ -137,10 +137,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   init_rng, mask_rng = jax.random.split(rng)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract_state)
-    logging.info("Resumed from step %d of %d.", int(state.step), total_steps)
+    state, data_position = ckpt.restore(abstract_state)
+    input_state = pipeline.restore_input_state(data_position, config)
+    logging.info("Resumed from step %d of %d (input: %s).", int(state.step), total_steps,
+                 input_state)
   else:
     state = init_fn(init_rng)
+    input_state = pipeline.InputState.start(len(pipeline.parse_sources(config)))
   start_step = int(state.step)
   last_saved = ckpt.latest_step()
   checkpoint.write_config(config, workdir)
@@ -157,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = jit_train_step(model, tx, schedule, config.mask_ratio, mask_rng, abstract_state,
                            mesh)
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
-  batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, start_step))
+  batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
              if start_step < end_step else iter(()))
 
   summary: dict[str, float] = {}
@@ -176,7 +179,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   timer_step, timer_start = start_step, time.time()
   for step in range(start_step + 1, end_step + 1):
-    batch = sharding.global_batch(next(batches), mesh)
+    host_batch = next(batches)
+    input_state.update(host_batch)
+    batch = sharding.global_batch(pipeline.device_fields(host_batch), mesh)
     state, metrics = step_fn(state, batch)
     is_last = step == end_step
     is_log = step % config.log_every_steps == 0 or is_last
@@ -191,13 +196,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       timer_step, timer_start = step, time.time()
       scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
       scalars.update({"train/steps_per_sec": steps_per_sec,
-                      "train/images_per_sec": steps_per_sec * batch_size})
+                      "train/images_per_sec": steps_per_sec * batch_size,
+                      "data/skipped": pipeline.total_skipped(input_state)})
       writer.write_scalars(step, scalars)
       summary.update(scalars)
       logging.info("step %d/%d (%.0f%%) | loss %.4f | lr %.3g | logit scale %.1f | "
-                   "%.2f steps/s | %.0f img/s | ETA %s", step, total_steps,
+                   "%.2f steps/s | %.0f img/s | %d skipped | ETA %s", step, total_steps,
                    100 * step / total_steps, metrics["loss"], metrics["lr"],
                    metrics["logit_scale"], steps_per_sec, steps_per_sec * batch_size,
+                   scalars["data/skipped"],
                    _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
 
     due = [name for name in evaluators
@@ -205,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     timer_start += run_evals(due, step, state.params)  # evaluation is not in the throughput
 
     if is_save:
-      ckpt.save(step, state, force=is_last)
+      ckpt.save(step, state, pipeline.save_input_state(input_state, config), force=is_last)
       last_saved = step
   if start_step >= end_step:  # nothing left to train: report the final model's metrics
     logging.info("The checkpoint is already at step %d; evaluating it.", start_step)

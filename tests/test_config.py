@@ -29,7 +29,7 @@ def test_all_recipes_present():
 def test_local_arg_shrinks_every_recipe_to_a_valid_cpu_config(path):
   c = load(path, "local")
   config_lib.validate(c)
-  assert c.input.dataset == "flip_shapes" and c.input.image_size <= 32
+  assert c.input.data == "tfds:flip_shapes" and c.input.image_size <= 32
   assert c.input.global_batch_size <= 64 and c.total_steps <= 50
   assert c.mask_ratio == load(path).mask_ratio  # the recipe's masking is kept
 
@@ -48,7 +48,7 @@ def test_paper_recipes(name, size, mask, warmup):
   assert c.optim.base_lr * 65536 / 256 == pytest.approx(1.024e-3)
   assert (c.optim.b1, c.optim.b2, c.optim.weight_decay) == (0.9, 0.95, 0.2)
   assert c.optim.warmup_samples == warmup and c.total_samples == 12_800_000_000
-  with pytest.raises(ValueError, match="config.input.dataset"):
+  with pytest.raises(ValueError, match="config.input.data"):
     config_lib.validate(c)  # the paper's data must be named by the user
 
 

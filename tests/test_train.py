@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import shard_fixtures as fx
 from flip import checkpoint
 from flip import train
 
@@ -40,7 +41,7 @@ def final_params(workdir, config):
   _, abstract = train.init_state(config, flip_lib.from_config(config.model), optim.make(config),
                                  mesh)
   ckpt = checkpoint.Checkpointer(workdir, 1, 3)
-  state = ckpt.restore(abstract)
+  state, _ = ckpt.restore(abstract)
   ckpt.close()
   return jax.tree.map(np.asarray, state.params), int(state.step)
 
@@ -63,23 +64,58 @@ def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
   assert again["zeroshot/top1"] == summary["zeroshot/top1"]
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_path):
+def broken_wds_shards(directory):
+  """wds shards with every kind of broken record, and their spec (issue 3's robustness cases)."""
+  shards = fx.write_shards(str(directory), num_shards=4, per_shard=30)
+  return f"wds:{directory}/{{00000..00003}}.tar", shards
+
+
+@pytest.mark.parametrize("source", ["tfds", "wds"])
+def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_path, source):
+  """Same final params: the resumed run continues the data stream where it stopped."""
   overrides = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}
+  if source == "wds":  # 120 good records, 5 broken ones: the 12 steps span three epochs
+    overrides["input.data"], _ = broken_wds_shards(tmp_path / "shards")
   straight = local_config(shapes_data_dir, **overrides)
-  train.train_and_evaluate(straight, str(tmp_path / "straight"))
+  summary = train.train_and_evaluate(straight, str(tmp_path / "straight"))
 
   stopped = local_config(shapes_data_dir, stop_at_step=6, **overrides)
   train.train_and_evaluate(stopped, str(tmp_path / "resumed"))
   assert final_params(str(tmp_path / "resumed"), stopped)[1] == 6
-  summary = train.train_and_evaluate(local_config(shapes_data_dir, **overrides),
+  saved = json.loads((tmp_path / "resumed" / "checkpoints" / "6" / "data" / "metadata").read_text())
+  assert saved["processes"][0][0] == 6 * 32  # examples consumed by the one process
+  resumed = train.train_and_evaluate(local_config(shapes_data_dir, **overrides),
                                      str(tmp_path / "resumed"))
-  assert summary["step"] == 12
+  assert resumed["step"] == 12
+  assert resumed["data/skipped"] == summary["data/skipped"]
+  if source == "wds":
+    assert summary["data/skipped"] == 3 * len(fx.BROKEN)  # each broken record once per epoch
 
   want, want_step = final_params(str(tmp_path / "straight"), straight)
   got, got_step = final_params(str(tmp_path / "resumed"), straight)
   assert want_step == got_step == 12
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_trains_from_every_source_format(shapes_data_dir, tmp_path):
+  """A few steps from webdataset tars, TFRecords, TFDS, a TSV file and a weighted mixture."""
+  wds, _ = broken_wds_shards(tmp_path / "wds")
+  fx.write_shards(str(tmp_path / "tfrecord"), fmt="tfrecord", num_shards=2, per_shard=20)
+  tsv = fx.write_csv(str(tmp_path / "csv"), num=40, missing=1)["path"]
+  specs = {
+      "wds": wds,
+      "tfrecord": f"tfrecord:{tmp_path}/tfrecord/*.tfrecord",
+      "tfds": "tfds:flip_shapes",
+      "csv": f"csv:{tsv}",
+      "mixture": f"{wds}?weight=2; tfds:flip_shapes?weight=1; csv:{tsv}?weight=1",
+  }
+  for name, spec in specs.items():
+    config = local_config(shapes_data_dir, total_steps=3, evals={}, log_every_steps=1,
+                          **{"input.data": spec})
+    summary = train.train_and_evaluate(config, str(tmp_path / f"run_{name}"))
+    assert summary["step"] == 3 and np.isfinite(summary["train/loss"]), name
+    assert summary["data/skipped"] >= 0, name
 
 
 def test_nan_guard_stops_with_a_clear_message(shapes_data_dir, tmp_path):
@@ -96,7 +132,9 @@ def test_nan_guard_stops_with_a_clear_message(shapes_data_dir, tmp_path):
 @pytest.mark.parametrize("overrides,error,message", [
     ({"input.global_batch_size": 12}, ValueError, "divisible by the 8 devices"),
     ({"model.text.vocab_size": 1000}, ValueError, "vocab_size=30522"),
-    ({"input.dataset": "no_such_dataset_xyz"}, ValueError, "Unknown TFDS data set"),
+    ({"input.data": "tfds:no_such_dataset_xyz"}, ValueError, "Unknown TFDS data set"),
+    ({"input.data": "wds:/no/such/dir/{000..003}.tar"}, FileNotFoundError, "does not exist"),
+    ({"input.data": "tfds:flip_shapes?text_key=caption"}, ValueError, "no feature"),
     ({"mesh.model": 3}, ValueError, "config.mesh"),
 ])
 def test_bad_input_fails_fast(shapes_data_dir, tmp_path, overrides, error, message):
@@ -125,7 +163,7 @@ def test_cli_rejects_unknown_config_field(tmp_path):
 def test_cli_reports_missing_dataset(tmp_path):
   result = run_main("--config=configs/vitb16_mask50.py", f"--workdir={tmp_path}")
   assert result.returncode == 1
-  assert "--config.input.dataset" in result.stderr
+  assert "--config.input.data" in result.stderr
 
 
 def test_demo_learns_well_above_chance(shapes_data_dir, tmp_path):

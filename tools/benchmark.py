@@ -79,8 +79,8 @@ def main(argv):
   config = _CONFIG.value
   if _BATCH.value:
     config.input.global_batch_size = _BATCH.value
-  if not config.input.dataset:  # the paper recipes name none; the benchmark reads no data
-    config.input.dataset = "synthetic"
+  if not config.input.data:  # the paper recipes name none; the benchmark reads no data
+    config.input.data = "tfds:synthetic"
   config_lib.validate(config)
   masks = [float(m) for m in _MASKS.value]
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "

@@ -1,74 +1,100 @@
-"""tf.data input: TFDS split -> decode -> augment -> tokenize -> batch (per process).
+"""tf.data input: sources -> check -> decode -> augment -> tokenize -> batch (per process).
 
-The training stream is a deterministic function of (seed, sample position): the order comes from
-a seeded shuffle and every random choice (crop, flip, caption) from stateless ops seeded with the
-sample's position in the stream. A run resumed at step k therefore sees exactly the batches an
-uninterrupted run sees from step k on.
+Each source's stream is a sequence of *chunks*: every epoch its units (files) are put in a seeded
+random order (shard-level shuffle) and taken `cycle_length` at a time; a chunk reads its units
+interleaved, shuffles the records with a seeded buffer (sample-level shuffle) and numbers them.
+Every record thus has a position (source, epoch, chunk, index) that is a deterministic function
+of the seed, and every random choice made for it (crop, flip, caption) is seeded by that position.
+The host keeps the position of the last record it consumed (`InputState`, saved with each
+checkpoint), so a resumed run continues the stream exactly where it stopped: it re-reads, without
+decoding, at most the part of one chunk already consumed, and sees neither repeated nor skipped data.
+
+Unusable records (corrupt or truncated image, missing or empty caption, non-UTF-8 caption, no
+image, unreadable file) are dropped, logged with their shard and key, and counted: each batch
+carries how many were dropped before each of its records, so the count is exact and resumable.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+import math
+import os
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from flip.data import shapes  # noqa: F401  (registers the embedded `flip_shapes` builder)
+from flip.data import sources as sources_lib
 from flip.data import tokenizer as tokenizer_lib
 
 IMAGENET_MEAN = tf.constant([0.485, 0.456, 0.406]) * 255.0
 IMAGENET_STD = tf.constant([0.229, 0.224, 0.225]) * 255.0
-GENERATED_DATASETS = ("flip_shapes",)
+MAX_SKIPPED_IN_A_ROW = 10_000
+HOST_FIELDS = ("_position", "_skipped", "_key")  # per-record bookkeeping that stays on the host
+
+builder = sources_lib.builder  # the evaluators load their TFDS splits through it
 
 
-def builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The TFDS builder, prepared if it is one we generate (no download needed)."""
-  try:
-    b = tfds.builder(dataset, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"Unknown TFDS data set {dataset!r}: set config.input.dataset to a TFDS name "
-                     "(flip_shapes is the embedded one).") from e
-  if not b.is_prepared():
-    if dataset.split("/")[0].split(":")[0] not in GENERATED_DATASETS:
-      raise FileNotFoundError(
-          f"TFDS data set {dataset!r} is not prepared in data_dir={b.data_dir}; download and "
-          "prepare it first (tfds build) or point config.input.data_dir at it.")
-    b.download_and_prepare()
-  return b
+# ---------------------------------------------------------------------------------------------
+# Images.
+
+def image_format(data: tf.Tensor) -> tf.Tensor:
+  """'jpeg', 'png', 'gif', 'bmp', 'webp' or '' (unknown), from the leading bytes."""
+  head = tf.strings.substr(data, 0, 12) + b"\0" * 12  # padded: substr fails past the end
+  checks = [
+      ("jpeg", tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff")),
+      ("png", tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")),
+      ("gif", tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")),
+      ("bmp", tf.equal(tf.strings.substr(head, 0, 2), b"BM")),
+      ("webp", tf.logical_and(tf.equal(tf.strings.substr(head, 0, 4), b"RIFF"),
+                              tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))),
+  ]
+  out = tf.constant("")
+  for name, match in reversed(checks):
+    out = tf.where(match, name, out)
+  return out
 
 
-def load_split(dataset: str, split: str, data_dir: str | None, image_key: str,
-               per_process: bool = True) -> tf.data.Dataset:
-  """Examples with the image left encoded; each process reads its own even slice of the split."""
-  b = builder(dataset, data_dir)
-  if image_key not in b.info.features:
-    raise ValueError(f"Data set {dataset!r} has no feature {image_key!r}; its features are "
-                     f"{sorted(b.info.features)}.")
-  if per_process and jax.process_count() > 1:
-    split = tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
-  return b.as_dataset(split=split, shuffle_files=False,
-                      decoders={image_key: tfds.decode.SkipDecoding()})
-
-
-def decode(image_bytes: tf.Tensor) -> tf.Tensor:
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+def decode(data: tf.Tensor) -> tf.Tensor:
+  """Encoded JPEG/PNG/GIF/BMP/WebP -> uint8 [h, w, 3] (a GIF's first frame); raises if corrupt."""
+  return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
   return (tf.cast(image, tf.float32) - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int, area_min: float) -> tf.Tensor:
-  """Crop of area (area_min, 1) and aspect (3/4, 4/3), bicubic-resized to size x size."""
-  begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+def crop_window(shape: tf.Tensor, seed: tf.Tensor, area_min: float):
+  """A crop of area (area_min, 1) and aspect (3/4, 4/3) of an image of `shape`: (begin, size)."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
       min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(area_min, 1.0),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
-  image = tf.slice(image, begin, crop)
-  return tf.clip_by_value(tf.image.resize(image, [size, size], method="bicubic"), 0.0, 255.0)
+  return begin, size
+
+
+def random_resized_crop(data: tf.Tensor, seed: tf.Tensor, size: int, area_min: float) -> tf.Tensor:
+  """The paper's training crop of an encoded image, bicubic-resized to size x size (float).
+
+  JPEGs decode only the crop window (tf.image.decode_and_crop_jpeg), which is faster.
+  """
+  def jpeg():
+    begin, crop = crop_window(tf.image.extract_jpeg_shape(data), seed, area_min)
+    window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
+    return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+  def other():
+    image = decode(data)
+    begin, crop = crop_window(tf.shape(image), seed, area_min)
+    return tf.slice(image, begin, crop)
+
+  image = tf.cond(tf.equal(image_format(data), "jpeg"), jpeg, other)
+  image = tf.image.resize(image, [size, size], method="bicubic")
+  return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -82,50 +108,299 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return tf.clip_by_value(image[top:top + size, left:left + size], 0.0, 255.0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Captions.
+
 def pick_text(text: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """One caption: the string itself, or a random one of a sequence of captions."""
+  """One caption: the string itself, or a random one of several (a sequence, or joined)."""
   if text.shape.rank == 0:
-    return text
-  index = tf.random.stateless_uniform([], seed, 0, tf.shape(text)[0], dtype=tf.int32)
-  return text[index]
+    text = tf.strings.split(text, sources_lib.CAPTION_SEPARATOR)
+  index = tf.random.stateless_uniform([], seed, 0, tf.maximum(tf.shape(text)[0], 1),
+                                      dtype=tf.int32)
+  return tf.cond(tf.shape(text)[0] > 0, lambda: text[index], lambda: tf.constant(""))
+
+
+def text_problem(text: tf.Tensor) -> tf.Tensor:
+  """Why a caption is unusable ('' if it is fine): empty, or not valid UTF-8."""
+  valid_utf8 = tf.equal(
+      tf.strings.length(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="ignore")),
+      tf.strings.length(text))
+  empty = tf.equal(tf.strings.length(tf.strings.strip(text)), 0)
+  return tf.where(empty, "missing or empty caption",
+                  tf.where(valid_utf8, "", "caption is not valid UTF-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-source stream.
+
+def _fold(seed: tf.Tensor, *values) -> tf.Tensor:
+  for v in values:
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int32))
+  return seed
+
+
+def _seed(config: ml_collections.ConfigDict, *values) -> tf.Tensor:
+  return _fold(tf.constant([config.seed, 0x5EED], tf.int64), *values)
+
+
+def record_stream(source: sources_lib.Source, source_index: int, units: list[str],
+                  config: ml_collections.ConfigDict, start: tuple[int, int, int]) -> tf.data.Dataset:
+  """(position int64[4], raw record) of one source, from position `start` = (epoch, chunk, index)."""
+  inp = config.input
+  n = len(units)
+  k = min(inp.cycle_length, n)
+  num_chunks = math.ceil(n / k)
+  epoch0, chunk0, index0 = start
+  first = epoch0 * num_chunks + chunk0
+  units_t = tf.constant(units)
+
+  def chunk(linear):
+    epoch, c = linear // num_chunks, linear % num_chunks
+    order = tf.range(n)
+    if inp.shuffle_files:
+      order = tf.random.experimental.stateless_shuffle(order, _seed(config, source_index, epoch))
+    chunk_units = tf.gather(units_t, order[c * k:tf.minimum((c + 1) * k, n)])
+    ds = tf.data.Dataset.from_tensor_slices(chunk_units).interleave(
+        lambda u: sources_lib.records(source, u).map(lambda r: dict(r, unit=u)),
+        cycle_length=k, block_length=1, num_parallel_calls=k, deterministic=True)
+    if inp.shuffle_buffer > 1:
+      ds = ds.shuffle(inp.shuffle_buffer,
+                      seed=tf.cast(_seed(config, source_index, epoch, c)[0], tf.int64),
+                      reshuffle_each_iteration=False)
+    skip = tf.where(tf.equal(linear, first), tf.constant(index0, tf.int64), 0)
+    return ds.enumerate().skip(skip).map(
+        lambda i, r: (tf.stack([tf.constant(source_index, tf.int64), epoch, c, i]), r))
+
+  return tf.data.Dataset.range(first, 2**62).flat_map(chunk)
+
+
+class SkipLog:
+  """Logs dropped records: the first few of each reason in full, then every 1000th."""
+
+  def __init__(self, first: int = 20, every: int = 1000):
+    self.first, self.every, self.counts = first, every, {}
+
+  def __call__(self, source: bytes, unit: bytes, key: bytes, reason: bytes) -> np.int64:
+    reason_s = reason.decode(errors="replace")
+    count = self.counts[reason_s] = self.counts.get(reason_s, 0) + 1
+    if count <= self.first or count % self.every == 0:
+      logging.warning("Skipped record %r in %s (%s): %s [%d so far for this reason]",
+                      key.decode(errors="replace"), unit.decode(errors="replace"),
+                      source.decode(errors="replace"), reason_s, count)
+    return np.int64(count)
+
+
+SKIP_LOG = SkipLog()
+
+
+def example_stream(source: sources_lib.Source, source_index: int, units: list[str],
+                   config: ml_collections.ConfigDict,
+                   start: tuple[int, int, int]) -> tf.data.Dataset:
+  """Usable, augmented examples of one source: {image, text, _position, _skipped, _key}."""
+  inp = config.input
+  size = inp.image_size
+  from_path = source.format == "csv"
+
+  def check_and_load(position, record):
+    crop_seed, flip_seed, text_seed = tf.unstack(
+        tf.random.experimental.stateless_split(_seed(config, *tf.unstack(position)), 3))
+    text = pick_text(record["text"], text_seed)
+    problem = record["problem"]
+    for check in (lambda: tf.where(tf.equal(tf.strings.length(record["image"]), 0),
+                                   "no image", ""),
+                  lambda: text_problem(text),
+                  lambda: tf.constant("") if from_path else tf.where(
+                      tf.equal(image_format(record["image"]), ""), "not an image (unknown format)",
+                      "")):
+      problem = tf.where(tf.equal(problem, ""), check(), problem)
+
+    def load():
+      data = tf.io.read_file(record["image"]) if from_path else record["image"]
+      image = random_resized_crop(data, crop_seed, size, inp.crop_area_min)
+      return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed))
+
+    image = tf.cond(tf.equal(problem, ""), load, lambda: tf.zeros([size, size, 3]))
+    return {"image": image, "text": text, "problem": problem, "_position": position,
+            "_key": record["key"], "unit": record["unit"]}
+
+  def failed(position, record):
+    problem = "image file unreadable" if from_path else "corrupt or truncated image"
+    return {"image": tf.zeros([size, size, 3]), "text": tf.constant(""),
+            "problem": tf.constant(problem), "_position": position, "_key": record["key"],
+            "unit": record["unit"]}
+
+  def guarded(position, record):
+    # Decoding errors cannot be caught inside a map; a one-record dataset with ignore_errors()
+    # turns them into an empty dataset, and the fallback then yields the record marked failed.
+    one = tf.data.Dataset.from_tensors((position, record))
+    return one.map(check_and_load).ignore_errors().concatenate(one.map(failed)).take(1)
+
+  def count(in_a_row, ex):
+    bad = tf.not_equal(ex["problem"], "")
+
+    def log():
+      n = tf.numpy_function(SKIP_LOG, [tf.constant(source.name), ex["unit"], ex["_key"],
+                                       ex["problem"]], tf.int64, stateful=True)
+      return tf.ensure_shape(n, [])
+
+    logged = tf.cond(bad, log, lambda: tf.constant(0, tf.int64))
+    with tf.control_dependencies([logged, tf.debugging.assert_less(
+        in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
+        message=f"{MAX_SKIPPED_IN_A_ROW} records in a row of data source {source.name} were "
+                "unusable (see the 'Skipped record' log lines): check config.input.data.")]):
+      skipped = tf.where(bad, tf.constant(0, tf.int64), in_a_row)
+      next_in_a_row = tf.where(bad, in_a_row + 1, 0)
+    return next_in_a_row, dict(ex, _skipped=skipped)
+
+  ds = record_stream(source, source_index, units, config, start)
+  # One record per inner dataset: the output keeps the input order for any cycle_length.
+  ds = ds.interleave(guarded, cycle_length=max(8, os.cpu_count() or 1), block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.scan(tf.constant(0, tf.int64), count)
+  ds = ds.filter(lambda ex: tf.equal(ex["problem"], ""))
+  return ds.map(lambda ex: {k: v for k, v in ex.items() if k not in ("problem", "unit")})
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a process is in its stream.
+
+@dataclasses.dataclass
+class InputState:
+  """This process's place in its data stream: for each source the (epoch, chunk, index) of the
+  next record to read, the number of examples consumed and of records skipped so far."""
+  positions: list[list[int]]
+  consumed: int = 0
+  skipped: int = 0
+
+  @classmethod
+  def start(cls, num_sources: int) -> "InputState":
+    return cls(positions=[[0, 0, 0] for _ in range(num_sources)])
+
+  def update(self, batch: dict[str, np.ndarray]) -> None:
+    """Records a consumed batch (with its host fields)."""
+    position = batch["_position"]
+    for s in np.unique(position[:, 0]):
+      last = position[position[:, 0] == s][-1]
+      self.positions[int(s)] = [int(last[1]), int(last[2]), int(last[3]) + 1]
+    self.consumed += len(position)
+    self.skipped += int(batch["_skipped"].sum())
+
+  def to_list(self) -> list[int]:
+    return [self.consumed, self.skipped] + [v for p in self.positions for v in p]
+
+  @classmethod
+  def from_list(cls, values: list[int]) -> "InputState":
+    values = [int(v) for v in values]
+    rest = values[2:]
+    return cls(positions=[rest[i:i + 3] for i in range(0, len(rest), 3)], consumed=values[0],
+               skipped=values[1])
+
+
+def _split31(values: list[int]) -> list[int]:
+  return [x for v in values for x in (v >> 31, v & 0x7FFFFFFF)]  # int32-safe for all-gathers
+
+
+def _join31(values) -> list[int]:
+  return [(int(hi) << 31) | int(lo) for hi, lo in zip(values[::2], values[1::2])]
+
+
+def save_input_state(state: InputState, config: ml_collections.ConfigDict) -> dict:
+  """Every process's input state, as JSON for the checkpoint (a collective on multi-host)."""
+  values = _split31(state.to_list())
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32)))
+    processes = [_join31(row) for row in gathered.reshape(jax.process_count(), -1)]
+  else:
+    processes = [_join31(values)]
+  return {"version": 1, "sources": [s.name for s in parse_sources(config)],
+          "processes": processes}
+
+
+def restore_input_state(data: dict | None, config: ml_collections.ConfigDict) -> InputState:
+  """This process's input state from a checkpoint's JSON; the stream's start if unusable."""
+  names = [s.name for s in parse_sources(config)]
+  why = None
+  if data is None:
+    why = "the checkpoint holds no input position"
+  elif data.get("sources") != names:
+    why = f"the data sources changed (checkpoint: {data.get('sources')}, now: {names})"
+  elif len(data.get("processes", [])) != jax.process_count():
+    why = (f"the checkpoint was written by {len(data.get('processes', []))} processes and this "
+           f"run has {jax.process_count()} (each reads a different share of the files)")
+  if why:
+    logging.warning("The input stream starts from its beginning: %s.", why)
+    return InputState.start(len(names))
+  return InputState.from_list(data["processes"][jax.process_index()])
+
+
+def total_skipped(state: InputState) -> int:
+  """Records skipped so far by all processes (a collective on multi-host)."""
+  if jax.process_count() == 1:
+    return state.skipped
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return sum(_join31(np.asarray(multihost_utils.process_allgather(
+      np.asarray(_split31([state.skipped]), np.int32))).reshape(-1)))
+
+
+def parse_sources(config: ml_collections.ConfigDict) -> list[sources_lib.Source]:
+  inp = config.input
+  return sources_lib.parse(inp.data, split=inp.split, data_dir=inp.data_dir,
+                           image_key=inp.image_key, text_key=inp.text_key)
 
 
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
-                  start_step: int = 0) -> tf.data.Dataset:
-  """This process's training batches from `start_step` on: {image f32 [b,H,W,3], text i32 [b,L]}."""
+                  state: InputState | None = None) -> tf.data.Dataset:
+  """This process's training batches from `state` on.
+
+  {image f32 [b,H,W,3], text i32 [b,L], and host fields _position i64 [b,4], _skipped i64 [b],
+  _key str [b]}.
+  """
   inp = config.input
   local_batch = inp.global_batch_size // jax.process_count()
-  ds = load_split(inp.dataset, inp.split, inp.data_dir, inp.image_key)
-  ds = ds.map(lambda ex: (ex[inp.image_key], ex[inp.text_key]))
-  if inp.cache:
-    ds = ds.cache()
-  ds = ds.shuffle(inp.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()
-  # Sample position in this process's stream: the seed of every random choice made for it.
-  ds = ds.enumerate().skip(start_step * local_batch)
-
-  def preprocess(position, example):
-    image_bytes, text = example
-    crop_seed, flip_seed, text_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.stack([tf.cast(config.seed, tf.int64), position]), 3))
-    image = random_resized_crop(decode(image_bytes), crop_seed, inp.image_size, inp.crop_area_min)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return normalize(image), pick_text(text, text_seed)
-
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  sources = parse_sources(config)
+  state = state or InputState.start(len(sources))
+  streams = []
+  for i, source in enumerate(sources):
+    pieces = max(sources_lib.MIN_UNITS if source.format == "csv" else 1, jax.process_count())
+    units = sources_lib.process_units(sources_lib.units(source, pieces), source)
+    streams.append(example_stream(source, i, units, config, tuple(state.positions[i])))
+  if len(streams) == 1:
+    ds = streams[0]
+  else:
+    # The source of the n-th example is a stateless draw seeded by n: resumable, like the rest.
+    logits = tf.math.log(tf.constant([s.weight for s in sources], tf.float32))[None]
+    choice = tf.data.Dataset.range(state.consumed, 2**62).map(
+        lambda n: tf.random.stateless_categorical(logits, 1, _seed(config, -1, n))[0, 0])
+    ds = tf.data.Dataset.choose_from_datasets(streams, choice)
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map(lambda image, text: {"image": image, "text": tokenizer.tokenize(text)},
+  ds = ds.map(lambda b: dict(b, text=tokenizer.tokenize(b["text"])),
               num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   return ds.as_numpy_iterator()
 
 
+def device_fields(batch: dict[str, Any]) -> dict[str, Any]:
+  """The fields that go to the accelerators (the rest is host bookkeeping)."""
+  return {k: v for k, v in batch.items() if k not in HOST_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation data.
+
 def eval_examples(dataset: str, split: str, data_dir: str | None, image_key: str,
                   image_size: int, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-  """A whole (small) evaluation split in memory: centre-cropped, normalised images and `keys`."""
-  ds = load_split(dataset, split, data_dir, image_key, per_process=False)
+  """A whole (small) TFDS evaluation split in memory: centre-cropped, normalised images and `keys`."""
+  b = builder(dataset, data_dir)
+  if image_key not in b.info.features:
+    raise ValueError(f"Data set {dataset!r} has no feature {image_key!r}; its features are "
+                     f"{sorted(b.info.features)}.")
+  ds = b.as_dataset(split=split, shuffle_files=False,
+                    decoders={image_key: tfds.decode.SkipDecoding()})
   ds = ds.map(lambda ex: dict({k: ex[k] for k in keys},
                               image=normalize(center_crop(decode(ex[image_key]), image_size))),
               num_parallel_calls=tf.data.AUTOTUNE)

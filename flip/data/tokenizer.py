@@ -12,6 +12,18 @@ DEFAULT_VOCAB = os.path.join(os.path.dirname(__file__), "vocab_bert_base_uncased
 PAD_ID = 0
 
 
+def normalize(texts: tf.Tensor) -> tf.Tensor:
+  """BERT's clean-up before WordPiece: drop format/control characters, lower-case, strip accents.
+
+  Tokenizer.wordpieces applies it to every caption and tools/build_vocab.py to the corpus a
+  vocabulary is learned from, so both see exactly the same text.
+  """
+  # BERT drops format and control characters (zero-width joiners, U+FFFD, ...) first.
+  texts = tf.strings.regex_replace(texts, r"[\p{Cf}\x{FFFD}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]", "")
+  texts = tf.strings.lower(texts, encoding="utf-8")
+  return tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
+
+
 class Tokenizer:
   """Lower-cased BERT WordPiece: [CLS] pieces [SEP], truncated to and padded with 0 to max_len."""
 
@@ -41,11 +53,7 @@ class Tokenizer:
 
   def wordpieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
     """Strings [b] -> ragged WordPiece ids [b, None], no special tokens, no truncation."""
-    # BERT drops format and control characters (zero-width joiners, U+FFFD, ...) first.
-    texts = tf.strings.regex_replace(texts, r"[\p{Cf}\x{FFFD}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]", "")
-    texts = tf.strings.lower(texts, encoding="utf-8")
-    texts = tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
-    return self._bert.tokenize(texts).merge_dims(-2, -1)
+    return self._bert.tokenize(normalize(texts)).merge_dims(-2, -1)
 
   def tokenize(self, texts: tf.Tensor) -> tf.Tensor:
     """Strings [b] -> int32 [b, max_len]: graph-compatible, for tf.data."""

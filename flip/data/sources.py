@@ -1,0 +1,372 @@
+"""Training-data sources: img2dataset webdataset / TFRecord shards, TFDS data sets, CSV/TSV files.
+
+`config.input.data` names one source or several separated by ';', each `FORMAT:LOCATION`,
+optionally followed by `?option=value&option=value`:
+
+  wds:/data/laion400m/{00000..41407}.tar        img2dataset webdataset tars ({key}.jpg + {key}.txt)
+  tfrecord:gs://bucket/laion/*.tfrecord          img2dataset TFRecords (features `jpg`, `txt`)
+  tfds:coco_captions?text_key=captions/text      a TFDS data set with an image and caption(s)
+  csv:/data/pairs.tsv                            rows `image_path<TAB>caption` (or ',' in .csv)
+  wds:/data/laion/*.tar?weight=0.8; tfds:coco_captions?weight=0.2&text_key=captions/text
+
+Options: `weight` (mixing weight, default 1), `split` and `data_dir` (TFDS), `image_key` and
+`text_key` (the feature or file extension to read; defaults per format below).
+
+Each source is cut into *units* (files, or for TFDS and CSV even pieces of them) that processes
+divide among themselves: process i reads units i, i+P, i+2P, ... A unit is read by
+`records(source, unit)` into raw records {key, image (encoded bytes), path (CSV: file to read),
+text, problem (why the record is unusable, if known when reading)}; decoding and checking happen
+in flip.data.pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tarfile
+from typing import Iterator
+
+import jax
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from flip.data import shapes  # noqa: F401  (registers the embedded `flip_shapes` builder)
+
+FORMATS = ("wds", "tfrecord", "tfds", "csv")
+WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+DEFAULT_KEYS = {  # (image_key, text_key) per format
+    "wds": (",".join(WDS_IMAGE_EXTS), "txt"),
+    "tfrecord": ("jpg", "txt"),
+    "tfds": ("image", "captions"),
+    "csv": ("", ""),
+}
+OPTIONS = ("weight", "split", "data_dir", "image_key", "text_key")
+GENERATED_DATASETS = ("flip_shapes",)
+CAPTION_SEPARATOR = "\x1e"  # joins a TFDS example's several captions; one is picked per use
+MIN_UNITS = 16  # TFDS and CSV sources are cut into at least this many units (for shuffling)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  format: str
+  location: str
+  weight: float = 1.0
+  split: str = "train"
+  data_dir: str | None = None
+  image_key: str = ""
+  text_key: str = ""
+
+  @property
+  def name(self) -> str:
+    return f"{self.format}:{self.location}"
+
+
+def parse(spec: str | None, *, split: str = "train", data_dir: str | None = None,
+          image_key: str | None = None, text_key: str | None = None) -> list[Source]:
+  """Parses config.input.data; the keyword arguments are config.input's defaults."""
+  if not spec or not spec.strip():
+    raise ValueError("config.input.data is not set: pass e.g. --config.input.data=tfds:flip_shapes "
+                     "(the embedded data set) or --config.input.data='wds:/path/{00000..00099}.tar'.")
+  sources = []
+  for part in spec.split(";"):
+    part = part.strip()
+    if not part:
+      continue
+    fmt, sep, rest = part.partition(":")
+    fmt = fmt.strip().lower()
+    if not sep or fmt not in FORMATS:
+      raise ValueError(f"Data source {part!r} must be FORMAT:LOCATION with FORMAT one of "
+                       f"{FORMATS}, e.g. wds:/data/laion/{{00000..00099}}.tar or tfds:flip_shapes.")
+    location, _, query = rest.partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+      key, eq, value = item.partition("=")
+      if not eq or key not in OPTIONS:
+        raise ValueError(f"Bad option {item!r} in data source {part!r}: options are "
+                         f"{OPTIONS}, written ?key=value&key=value.")
+      options[key] = value
+    try:
+      weight = float(options.pop("weight", 1.0))
+    except ValueError as e:
+      raise ValueError(f"The weight of data source {part!r} is not a number.") from e
+    if not weight > 0:
+      raise ValueError(f"The weight of data source {part!r} must be positive.")
+    default_image, default_text = DEFAULT_KEYS[fmt]
+    sources.append(Source(
+        format=fmt, location=location.strip(), weight=weight,
+        split=options.get("split", split), data_dir=options.get("data_dir", data_dir),
+        image_key=options.get("image_key", image_key or default_image),
+        text_key=options.get("text_key", text_key or default_text)))
+  if not sources:
+    raise ValueError(f"config.input.data={spec!r} names no source.")
+  return sources
+
+
+def expand_braces(pattern: str) -> list[str]:
+  """'a/{000..002}.tar' -> ['a/000.tar', 'a/001.tar', 'a/002.tar']; '{x,y}' lists too."""
+  match = re.search(r"\{([^{}]*)\}", pattern)
+  if not match:
+    return [pattern]
+  head, tail, body = pattern[:match.start()], pattern[match.end():], match.group(1)
+  range_match = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+  if range_match:
+    lo, hi = range_match.groups()
+    width = len(lo) if lo.startswith("0") else 0
+    items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+  else:
+    items = body.split(",")
+  return [p for item in items for p in expand_braces(head + item + tail)]
+
+
+def list_files(location: str, suffixes: tuple[str, ...]) -> list[str]:
+  """The files a location names: brace ranges, globs (also gs://), or a directory's files."""
+  files = []
+  for pattern in expand_braces(location):
+    if tf.io.gfile.isdir(pattern):
+      files += [os.path.join(pattern, f) for f in tf.io.gfile.listdir(pattern)
+                if any(f.endswith(s) for s in suffixes)]
+    elif any(c in pattern for c in "*?["):
+      files += tf.io.gfile.glob(pattern)
+    elif tf.io.gfile.exists(pattern):
+      files.append(pattern)
+    else:
+      raise FileNotFoundError(f"Data file {pattern} (from {location!r}) does not exist; check "
+                              "config.input.data.")
+  files = sorted(set(files))
+  if not files:
+    raise FileNotFoundError(f"No data files match {location!r} (looked for {suffixes}); check "
+                            "config.input.data.")
+  return files
+
+
+def builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder, prepared if it is one we generate (no download needed)."""
+  try:
+    b = tfds.builder(dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown TFDS data set {dataset!r}: use a TFDS name such as "
+                     "flip_shapes (the embedded one) or coco_captions.") from e
+  if not b.is_prepared():
+    if dataset.split("/")[0].split(":")[0] not in GENERATED_DATASETS:
+      raise FileNotFoundError(
+          f"TFDS data set {dataset!r} is not prepared in data_dir={b.data_dir}; download and "
+          "prepare it first (tfds build) or point data_dir at it.")
+    b.download_and_prepare()
+  return b
+
+
+def feature(features, key: str):
+  """A (possibly nested, '/'-separated) feature of a TFDS FeaturesDict, or None."""
+  for part in key.split("/"):
+    try:
+      features = features[part]
+    except (KeyError, TypeError):
+      return None
+    features = getattr(features, "feature", features)  # Sequence({...}) -> its FeaturesDict
+  return features
+
+
+def units(source: Source, num_pieces: int = MIN_UNITS) -> list[str]:
+  """The source's units, in a fixed order; TFDS and CSV files are cut into `num_pieces` pieces."""
+  if source.format == "wds":
+    return list_files(source.location, (".tar", ".tar.gz", ".tgz"))
+  if source.format == "tfrecord":
+    return list_files(source.location, (".tfrecord", ".tfrec", ".tfrecords"))
+  if source.format == "csv":
+    return [f"{path}#{i}/{num_pieces}"
+            for path in list_files(source.location, (".csv", ".tsv", ".txt"))
+            for i in range(num_pieces)]
+  b = builder(source.location, source.data_dir)
+  missing = [k for k in (source.image_key, source.text_key) if feature(b.info.features, k) is None]
+  if missing:
+    raise ValueError(f"TFDS data set {source.location!r} has no feature(s) {missing}; its "
+                     f"features are {sorted(b.info.features)}. Set image_key/text_key, e.g. "
+                     f"tfds:{source.location}?text_key=captions/text.")
+  if b.info.file_format != tfds.core.file_adapters.FileFormat.TFRECORD:
+    raise ValueError(f"TFDS data set {source.location!r} is stored as {b.info.file_format}; "
+                     "only TFRecord-backed TFDS data sets are supported (tfds build "
+                     "--file_format=tfrecord).")
+  try:
+    instructions = b.info.splits[source.split].file_instructions
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"TFDS data set {source.location!r} has no split {source.split!r}; its "
+                     f"splits are {sorted(b.info.splits)}.") from e
+  out = []
+  pieces = max(1, -(-num_pieces // max(1, len(instructions))))
+  for fi in instructions:
+    take = fi.take if fi.take >= 0 else fi.examples_in_shard - fi.skip
+    bounds = [fi.skip + take * j // pieces for j in range(pieces + 1)]
+    out += [f"{fi.filename}#{lo}#{hi - lo}" for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+  return out
+
+
+def process_units(all_units: list[str], source: Source, process_index: int | None = None,
+                  process_count: int | None = None) -> list[str]:
+  """This process's disjoint share of the units: every process_count-th, from process_index."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if len(all_units) < count:
+    raise ValueError(f"Data source {source.name} has {len(all_units)} file(s) but there are "
+                     f"{count} processes: each process needs at least one file. Write more, "
+                     "smaller shards (tools/make_shards.py --samples_per_shard) or use fewer hosts.")
+  return all_units[index::count]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one unit into raw records.
+
+RECORD_SIGNATURE = {
+    "key": tf.TensorSpec([], tf.string),
+    "image": tf.TensorSpec([], tf.string),
+    "text": tf.TensorSpec([], tf.string),
+    "problem": tf.TensorSpec([], tf.string),
+}
+
+
+def _record(key=b"", image=b"", text=b"", problem=b""):
+  return {"key": key, "image": image, "text": text, "problem": problem}
+
+
+def read_tar(path: str, image_exts: tuple[str, ...], text_ext: str) -> Iterator[dict]:
+  """Samples of a webdataset tar: consecutive members sharing a key (name up to the first '.')."""
+  current, members = None, {}
+
+  def flush():
+    if current is None:
+      return None
+    image = next((members[e] for e in image_exts if e in members), None)
+    problem = b"" if image is not None else b"no image member (" + ",".join(
+        image_exts).encode() + b")"
+    return _record(current.encode(), image or b"", members.get(text_ext, b""), problem)
+
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        directory, base = os.path.split(member.name)
+        stem, _, ext = base.partition(".")
+        key = os.path.join(directory, stem)
+        if key != current:
+          record = flush()
+          if record is not None:
+            yield record
+          current, members = key, {}
+        ext = ext.lower()
+        if ext in image_exts or ext == text_ext:
+          members[ext] = tar.extractfile(member).read()
+    record = flush()
+  except (tarfile.TarError, OSError, EOFError, tf.errors.OpError) as e:
+    record = _record(
+        (current or "").encode(), problem=f"unreadable shard ({type(e).__name__}: {e})".encode())
+  if record is not None:
+    yield record
+
+
+def read_tfrecord(path: str, image_key: str, text_key: str) -> Iterator[dict]:
+  """Samples of an img2dataset TFRecord (features `key`, `jpg`, `txt`), parsed on the host."""
+  index = 0
+  try:
+    for serialized in tf.compat.v1.io.tf_record_iterator(path):
+      index += 1
+      try:
+        features = tf.train.Example.FromString(serialized).features.feature
+      except Exception as e:  # noqa: BLE001  (a protobuf DecodeError: one corrupt record)
+        yield _record(f"record {index}".encode(), problem=f"corrupt record ({e})".encode())
+        continue
+
+      def value(name):
+        v = features[name].bytes_list.value if name in features else []
+        return v[0] if v else b""
+
+      key = value("key") or f"record {index}".encode()
+      image = value(image_key)
+      yield _record(key, image, value(text_key), b"" if image else b"no image feature")
+  except (tf.errors.OpError, OSError) as e:
+    yield _record(f"after record {index}".encode(),
+                  problem=f"unreadable shard ({type(e).__name__}: {e.message if hasattr(e, 'message') else e})".encode())
+
+
+def _generator_records(fn, unit: tf.Tensor, *args) -> tf.data.Dataset:
+  return tf.data.Dataset.from_generator(
+      lambda u: fn(u.decode(), *args), args=(unit,), output_signature=RECORD_SIGNATURE)
+
+
+def _csv_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
+  """Rows `image_path<delim>caption` of one piece (every n-th line) of a CSV/TSV file.
+
+  The delimiter is ',' for .csv files and a tab otherwise; a row is split at its first delimiter
+  (paths rarely hold one, captions often do) and a caption in double quotes is unquoted. A first
+  row naming the columns (image_path, filepath, ...) is skipped; relative paths are relative to
+  the file's directory.
+  """
+  del source
+  parts = tf.strings.split(unit, "#")
+  path = tf.strings.reduce_join(parts[:-1], separator="#")
+  piece = tf.strings.split(parts[-1], "/")
+  i, n = tf.strings.to_number(piece[0], tf.int64), tf.strings.to_number(piece[1], tf.int64)
+  directory = tf.strings.regex_replace(path, r"[^/]*$", "")
+  delim = tf.where(tf.strings.regex_full_match(path, r".*\.csv"), ",", "\t")
+  header = r"(?i)(image_?path|file_?path|file_?name|path|image|file|url)"
+
+  def fields(line):
+    parts = tf.strings.split(tf.strings.regex_replace(line, r"\r$", ""), delim, maxsplit=1)
+    text = tf.cond(tf.size(parts) > 1, lambda: parts[-1], lambda: tf.constant(""))
+    return tf.strings.strip(parts[0]), text
+
+  def keep(j, line):
+    is_header = tf.logical_and(tf.equal(j, 0),
+                               tf.strings.regex_full_match(fields(line)[0], header))
+    return tf.logical_and(tf.logical_and(tf.equal(j % n, i), tf.logical_not(is_header)),
+                          tf.strings.length(tf.strings.strip(line)) > 0)
+
+  def parse_line(j, line):
+    image_path, text = fields(line)
+    quoted = tf.strings.regex_full_match(text, r'^".*"$')
+    text = tf.where(quoted, tf.strings.regex_replace(
+        tf.strings.substr(text, 1, tf.strings.length(text) - 2), '""', '"'), text)
+    absolute = tf.strings.regex_full_match(image_path, r"^(/|[a-z0-9]+://).*")
+    full = tf.where(absolute, image_path, directory + image_path)
+    key = path + ":" + tf.strings.as_string(j + 1)
+    return _record(key, full, text, tf.constant(""))
+
+  return tf.data.TextLineDataset(path).enumerate().filter(keep).map(parse_line)
+
+
+def _tfds_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
+  features = builder(source.location, source.data_dir).info.features
+  parts = tf.strings.split(unit, "#")
+  filename = tf.strings.reduce_join(parts[:-2], separator="#")
+  skip, take = (tf.strings.to_number(parts[-2], tf.int64), tf.strings.to_number(parts[-1], tf.int64))
+  decoders = {source.image_key.split("/")[0]: tfds.decode.SkipDecoding()} \
+      if "/" not in source.image_key else None
+
+  def parse_example(index, serialized):
+    ex = features.deserialize_example(serialized, decoders=decoders)
+    image, text = ex, ex
+    for part in source.image_key.split("/"):
+      image = image[part]
+    for part in source.text_key.split("/"):
+      text = text[part]
+    if image.dtype != tf.string:
+      image = tf.io.encode_png(image)
+    if text.shape.rank:  # several captions: kept joined, one is picked in the pipeline
+      text = tf.strings.reduce_join(text, separator=CAPTION_SEPARATOR)
+    key = tf.strings.regex_replace(filename, r".*/", "") + ":" + tf.strings.as_string(index)
+    return {"key": key, "image": image, "text": text, "problem": tf.constant("")}
+
+  return tf.data.TFRecordDataset(filename).skip(skip).take(take).enumerate(skip).map(parse_example)
+
+
+
+def records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
+  """Raw records of one unit (a string tensor from `units`), in file order."""
+  if source.format == "wds":
+    exts = tuple(e.strip().lower() for e in source.image_key.split(","))
+    return _generator_records(read_tar, unit, exts, source.text_key)
+  if source.format == "tfrecord":
+    return _generator_records(read_tfrecord, unit, source.image_key, source.text_key)
+  if source.format == "csv":
+    return _csv_records(source, unit)
+  return _tfds_records(source, unit)
