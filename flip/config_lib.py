@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from flip.data import sources
+from flip.data import spec
 
 # Activations are sharded over the batch axes; parameters use the `embed`/`mlp`/`heads`/`vocab`
 # names that flip.models attach with nn.with_logical_partitioning. With the default mesh
@@ -199,7 +199,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if missing:
     raise ValueError(f"Config is missing field(s) {missing}. Build recipes on "
                      "flip.config_lib.base_config(), which defines every field.")
-  sources.parse(config.input.data)  # the format of config.input.data; files are checked later
+  spec.parse(config.input.data)  # the format of config.input.data; files are checked later
   if not 0.0 <= config.mask_ratio < 1.0:
     raise ValueError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
   image = config.model.image

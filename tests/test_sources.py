@@ -255,3 +255,21 @@ def test_train_crop_stays_in_range_and_flip_is_seeded():
   assert a.shape == (32, 32, 3) and 0 <= a.min() and a.max() <= 255
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
+
+
+def test_processes_read_disjoint_shares_that_cover_the_data(tmp_path, monkeypatch):
+  """Two simulated processes: each reads its own files; together every record once per epoch."""
+  shards = fx.write_shards(str(tmp_path), num_shards=4, per_shard=5, broken=False)
+  config = input_config(f"wds:{tmp_path}", batch=4, shuffle_buffer=4)
+  seen = []
+  for index in range(2):
+    monkeypatch.setattr(sources.jax, "process_index", lambda i=index: i)
+    monkeypatch.setattr(sources.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
+    batches = take(config, 5)  # local batch 2: 10 records, one epoch of this process's 2 files
+    assert all(b["image"].shape[0] == 2 for b in batches)
+    keys = [k for b in batches for k, p in zip(keys_of([b]), b["_position"]) if p[1] == 0]
+    assert len(keys) == len(set(keys)) == 10
+    seen.append(set(keys))
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(shards["good_keys"])

@@ -89,7 +89,8 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_p
   assert resumed["step"] == 12
   assert resumed["data/skipped"] == summary["data/skipped"]
   if source == "wds":
-    assert summary["data/skipped"] == 3 * len(fx.BROKEN)  # each broken record once per epoch
+    # Each broken record is dropped once per epoch: three whole epochs, and some of the fourth.
+    assert 3 * len(fx.BROKEN) <= summary["data/skipped"] <= 4 * len(fx.BROKEN)
 
   want, want_step = final_params(str(tmp_path / "straight"), straight)
   got, got_step = final_params(str(tmp_path / "resumed"), straight)

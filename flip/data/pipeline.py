@@ -111,13 +111,15 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Captions.
 
-def pick_text(text: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """One caption: the string itself, or a random one of several (a sequence, or joined)."""
-  if text.shape.rank == 0:
-    text = tf.strings.split(text, sources_lib.CAPTION_SEPARATOR)
-  index = tf.random.stateless_uniform([], seed, 0, tf.maximum(tf.shape(text)[0], 1),
-                                      dtype=tf.int32)
-  return tf.cond(tf.shape(text)[0] > 0, lambda: text[index], lambda: tf.constant(""))
+def pick_texts(texts: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
+  """One caption per record: [M] strings, each one or several joined by CAPTION_SEPARATOR
+  (a TFDS sequence of captions) -> [M] strings, a random one of each (seeded by `seeds` [M, 2])."""
+  parts = tf.strings.split(texts, sources_lib.CAPTION_SEPARATOR)
+  counts = parts.row_lengths()
+  u = tf.cast(_mix(seeds[:, 0] ^ seeds[:, 1]) & 0xFFFFFF, tf.float64) / float(1 << 24)
+  index = tf.minimum(tf.cast(u * tf.cast(counts, tf.float64), tf.int64), counts - 1)
+  picked = tf.gather(parts.flat_values, parts.row_starts() + tf.maximum(index, 0))
+  return tf.where(counts > 0, picked, "")
 
 
 def text_problem(text: tf.Tensor) -> tf.Tensor:
@@ -133,14 +135,28 @@ def text_problem(text: tf.Tensor) -> tf.Tensor:
 # ---------------------------------------------------------------------------------------------
 # The per-source stream.
 
-def _fold(seed: tf.Tensor, *values) -> tf.Tensor:
-  for v in values:
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(v, tf.int32))
-  return seed
+def _mix(x: tf.Tensor) -> tf.Tensor:
+  """SplitMix64's finaliser on int64 (wrapping arithmetic): a cheap, vectorised hash."""
+  x = (x ^ tf.bitwise.right_shift(x, 30)) * tf.constant(-4658895280553007687, tf.int64)
+  x = (x ^ tf.bitwise.right_shift(x, 27)) * tf.constant(-7723592293110705685, tf.int64)
+  return x ^ tf.bitwise.right_shift(x, 31)
 
 
 def _seed(config: ml_collections.ConfigDict, *values) -> tf.Tensor:
-  return _fold(tf.constant([config.seed, 0x5EED], tf.int64), *values)
+  """A stateless-op seed int64[2] from the config's seed and some integers (scalars)."""
+  h = tf.constant(config.seed, tf.int64)
+  for v in values:
+    h = _mix(h + 0x5EED + tf.cast(v, tf.int64))
+  return tf.stack([h, _mix(h + 1)])
+
+
+def record_seeds(seed: int, positions: tf.Tensor) -> tf.Tensor:
+  """Seeds for the random choices made for each record, from its position: [M, 4] -> [M, 3, 2]."""
+  h = tf.fill(tf.shape(positions)[:1], tf.constant(seed, tf.int64))
+  for i in range(4):
+    h = _mix(h + 0x5EED + positions[:, i])
+  return tf.stack([tf.stack([_mix(h + 2 * j + 1), _mix(h + 2 * j + 2)], axis=-1)
+                   for j in range(3)], axis=1)
 
 
 def record_stream(source: sources_lib.Source, source_index: int, units: list[str],
@@ -180,84 +196,106 @@ class SkipLog:
   def __init__(self, first: int = 20, every: int = 1000):
     self.first, self.every, self.counts = first, every, {}
 
-  def __call__(self, source: bytes, unit: bytes, key: bytes, reason: bytes) -> np.int64:
-    reason_s = reason.decode(errors="replace")
-    count = self.counts[reason_s] = self.counts.get(reason_s, 0) + 1
-    if count <= self.first or count % self.every == 0:
-      logging.warning("Skipped record %r in %s (%s): %s [%d so far for this reason]",
-                      key.decode(errors="replace"), unit.decode(errors="replace"),
-                      source.decode(errors="replace"), reason_s, count)
-    return np.int64(count)
+  def __call__(self, source: bytes, units: np.ndarray, keys: np.ndarray,
+               reasons: np.ndarray) -> np.int64:
+    for unit, key, reason in zip(units, keys, reasons):
+      reason_s = reason.decode(errors="replace")
+      count = self.counts[reason_s] = self.counts.get(reason_s, 0) + 1
+      if count <= self.first or count % self.every == 0:
+        logging.warning("Skipped record %r in %s (%s): %s [%d so far for this reason]",
+                        key.decode(errors="replace"), unit.decode(errors="replace"),
+                        source.decode(errors="replace"), reason_s, count)
+    return np.int64(len(keys))
 
 
 SKIP_LOG = SkipLog()
+MICRO_BATCH = 32  # records decoded per tf.data element (per-element overhead dominates small images)
 
 
 def example_stream(source: sources_lib.Source, source_index: int, units: list[str],
                    config: ml_collections.ConfigDict,
                    start: tuple[int, int, int]) -> tf.data.Dataset:
-  """Usable, augmented examples of one source: {image, text, _position, _skipped, _key}."""
+  """Usable, augmented examples of one source: {image, text, _position, _skipped, _key}.
+
+  Records are decoded in micro-batches. Decoding errors cannot be caught inside a map, so each
+  micro-batch is a one-element dataset with ignore_errors(); if it fails, its records are decoded
+  again one by one the same way, and the one that fails is marked and dropped.
+  """
   inp = config.input
   size = inp.image_size
   from_path = source.format == "csv"
+  image_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
-  def check_and_load(position, record):
-    crop_seed, flip_seed, text_seed = tf.unstack(
-        tf.random.experimental.stateless_split(_seed(config, *tf.unstack(position)), 3))
-    text = pick_text(record["text"], text_seed)
-    problem = record["problem"]
-    for check in (lambda: tf.where(tf.equal(tf.strings.length(record["image"]), 0),
-                                   "no image", ""),
-                  lambda: text_problem(text),
-                  lambda: tf.constant("") if from_path else tf.where(
-                      tf.equal(image_format(record["image"]), ""), "not an image (unknown format)",
-                      "")):
-      problem = tf.where(tf.equal(problem, ""), check(), problem)
+  def load_batch(positions, records):
+    """Micro-batch -> images, captions and problems ('' when usable); raises if undecodable."""
+    seeds = record_seeds(config.seed, positions)  # [M, 3, 2]: crop, flip, caption
+    text = pick_texts(records["text"], seeds[:, 2])
+    image_data = records["image"]
+    problem = records["problem"]
+    for check in (tf.where(tf.equal(tf.strings.length(image_data), 0), "no image", ""),
+                  text_problem(text),
+                  tf.zeros_like(problem) if from_path else tf.where(
+                      tf.equal(image_format(image_data), ""), "not an image (unknown format)", "")):
+      problem = tf.where(tf.equal(problem, ""), check, problem)
 
-    def load():
-      data = tf.io.read_file(record["image"]) if from_path else record["image"]
-      image = random_resized_crop(data, crop_seed, size, inp.crop_area_min)
-      return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed))
+    def load_one_image(args):
+      data, crop_seed, flip_seed, ok = args
 
-    image = tf.cond(tf.equal(problem, ""), load, lambda: tf.zeros([size, size, 3]))
-    return {"image": image, "text": text, "problem": problem, "_position": position,
-            "_key": record["key"], "unit": record["unit"]}
+      def load():
+        encoded = tf.io.read_file(data) if from_path else data
+        image = random_resized_crop(encoded, crop_seed, size, inp.crop_area_min)
+        return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed))
 
-  def failed(position, record):
-    problem = "image file unreadable" if from_path else "corrupt or truncated image"
-    return {"image": tf.zeros([size, size, 3]), "text": tf.constant(""),
-            "problem": tf.constant(problem), "_position": position, "_key": record["key"],
-            "unit": record["unit"]}
+      return tf.cond(ok, load, lambda: tf.zeros([size, size, 3]))
 
-  def guarded(position, record):
-    # Decoding errors cannot be caught inside a map; a one-record dataset with ignore_errors()
-    # turns them into an empty dataset, and the fallback then yields the record marked failed.
-    one = tf.data.Dataset.from_tensors((position, record))
-    return one.map(check_and_load).ignore_errors().concatenate(one.map(failed)).take(1)
+    image = tf.map_fn(load_one_image, (image_data, seeds[:, 0], seeds[:, 1], tf.equal(problem, "")),
+                      fn_output_signature=image_spec, parallel_iterations=1)
+    return dict(image=image, text=text, problem=problem, _position=positions,
+                _key=records["key"], unit=records["unit"])
 
-  def count(in_a_row, ex):
-    bad = tf.not_equal(ex["problem"], "")
+  def load_one(position, record):
+    batched = tf.nest.map_structure(lambda x: x[None], (position, record))
+    ok = tf.data.Dataset.from_tensors(batched).map(load_batch).ignore_errors()
+    failed = tf.data.Dataset.from_tensors(dict(
+        image=tf.zeros([1, size, size, 3]), text=tf.constant([""]),
+        problem=tf.constant(["image file unreadable" if from_path else
+                             "corrupt or truncated image"]),
+        _position=position[None], _key=record["key"][None], unit=record["unit"][None]))
+    return ok.concatenate(failed).take(1)
+
+  def guarded(positions, records):
+    one_by_one = tf.data.Dataset.from_tensor_slices((positions, records)).flat_map(load_one)
+    fallback = one_by_one.unbatch().batch(MICRO_BATCH)
+    batch = tf.data.Dataset.from_tensors((positions, records)).map(load_batch).ignore_errors()
+    return batch.concatenate(fallback).take(1)
+
+  def count(in_a_row, mb):
+    """Drops unusable records; each usable one carries how many were dropped just before it."""
+    bad = tf.not_equal(mb["problem"], "")
+    valid = tf.where(tf.logical_not(bad))[:, 0]
+    previous = tf.concat([[-1 - in_a_row], valid[:-1]], axis=0)
+    last_valid = tf.reduce_max(tf.concat([[-1 - in_a_row], valid], axis=0))
+    next_in_a_row = tf.cast(tf.size(bad), tf.int64) - 1 - last_valid
 
     def log():
-      n = tf.numpy_function(SKIP_LOG, [tf.constant(source.name), ex["unit"], ex["_key"],
-                                       ex["problem"]], tf.int64, stateful=True)
+      n = tf.numpy_function(SKIP_LOG, [tf.constant(source.name), mb["unit"][bad], mb["_key"][bad],
+                                       mb["problem"][bad]], tf.int64, stateful=True)
       return tf.ensure_shape(n, [])
 
-    logged = tf.cond(bad, log, lambda: tf.constant(0, tf.int64))
+    logged = tf.cond(tf.reduce_any(bad), log, lambda: tf.constant(0, tf.int64))
     with tf.control_dependencies([logged, tf.debugging.assert_less(
-        in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
+        next_in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
         message=f"{MAX_SKIPPED_IN_A_ROW} records in a row of data source {source.name} were "
                 "unusable (see the 'Skipped record' log lines): check config.input.data.")]):
-      skipped = tf.where(bad, tf.constant(0, tf.int64), in_a_row)
-      next_in_a_row = tf.where(bad, in_a_row + 1, 0)
-    return next_in_a_row, dict(ex, _skipped=skipped)
+      out = {k: tf.gather(mb[k], valid) for k in ("image", "text", "_position", "_key")}
+      out["_skipped"] = valid - previous - 1
+    return next_in_a_row, out
 
-  ds = record_stream(source, source_index, units, config, start)
-  # One record per inner dataset: the output keeps the input order for any cycle_length.
-  ds = ds.interleave(guarded, cycle_length=max(8, os.cpu_count() or 1), block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.scan(tf.constant(0, tf.int64), count)
-  ds = ds.filter(lambda ex: tf.equal(ex["problem"], ""))
-  return ds.map(lambda ex: {k: v for k, v in ex.items() if k not in ("problem", "unit")})
+  ds = record_stream(source, source_index, units, config, start).batch(MICRO_BATCH)
+  # One micro-batch per inner dataset: the output keeps the input order for any cycle_length.
+  ds = ds.interleave(guarded, cycle_length=max(8, os.cpu_count() or 1), block_length=1,
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.scan(tf.constant(0, tf.int64), count).unbatch()
 
 
 # ---------------------------------------------------------------------------------------------
