@@ -273,3 +273,14 @@ def test_processes_read_disjoint_shares_that_cover_the_data(tmp_path, monkeypatc
     seen.append(set(keys))
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(shards["good_keys"])
+
+
+def test_source_without_records_stops_with_a_message(tmp_path):
+  import tarfile
+  import tensorflow as tf
+  for i in range(2):
+    with tarfile.open(tmp_path / f"{i:05d}.tar", "w"):
+      pass  # an empty tar: no records at all
+  config = input_config(f"wds:{tmp_path}", batch=2)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="held no records"):
+    take(config, 1)

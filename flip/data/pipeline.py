@@ -159,19 +159,29 @@ def record_seeds(seed: int, positions: tf.Tensor) -> tf.Tensor:
                    for j in range(3)], axis=1)
 
 
+CHUNK_END = "(end of a group of files)"
+
+
+def num_chunks(num_units: int, cycle_length: int) -> int:
+  return math.ceil(num_units / min(cycle_length, num_units))
+
+
 def record_stream(source: sources_lib.Source, source_index: int, units: list[str],
                   config: ml_collections.ConfigDict, start: tuple[int, int, int]) -> tf.data.Dataset:
-  """(position int64[4], raw record) of one source, from position `start` = (epoch, chunk, index)."""
+  """(position int64[4], raw record) of one source, from position `start` = (epoch, chunk, index).
+
+  Each chunk ends with a CHUNK_END marker record of index -1.
+  """
   inp = config.input
   n = len(units)
   k = min(inp.cycle_length, n)
-  num_chunks = math.ceil(n / k)
+  chunks = num_chunks(n, k)
   epoch0, chunk0, index0 = start
-  first = epoch0 * num_chunks + chunk0
+  first = epoch0 * chunks + chunk0
   units_t = tf.constant(units)
 
   def chunk(linear):
-    epoch, c = linear // num_chunks, linear % num_chunks
+    epoch, c = linear // chunks, linear % chunks
     order = tf.range(n)
     if inp.shuffle_files:
       order = tf.random.experimental.stateless_shuffle(order, _seed(config, source_index, epoch))
@@ -184,7 +194,12 @@ def record_stream(source: sources_lib.Source, source_index: int, units: list[str
                       seed=tf.cast(_seed(config, source_index, epoch, c)[0], tf.int64),
                       reshuffle_each_iteration=False)
     skip = tf.where(tf.equal(linear, first), tf.constant(index0, tf.int64), 0)
-    return ds.enumerate().skip(skip).map(
+    ds = ds.enumerate().skip(skip)
+    # A last, index -1 marker per chunk lets an epoch without a single record stop the run.
+    end = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), dict(
+        key=tf.constant(""), image=tf.constant(""), text=tf.constant(""),
+        problem=tf.constant(CHUNK_END), unit=tf.constant(""))))
+    return ds.concatenate(end).map(
         lambda i, r: (tf.stack([tf.constant(source_index, tf.int64), epoch, c, i]), r))
 
   return tf.data.Dataset.range(first, 2**62).flat_map(chunk)
@@ -269,13 +284,31 @@ def example_stream(source: sources_lib.Source, source_index: int, units: list[st
     batch = tf.data.Dataset.from_tensors((positions, records)).map(load_batch).ignore_errors()
     return batch.concatenate(fallback).take(1)
 
-  def count(in_a_row, mb):
-    """Drops unusable records; each usable one carries how many were dropped just before it."""
-    bad = tf.not_equal(mb["problem"], "")
-    valid = tf.where(tf.logical_not(bad))[:, 0]
-    previous = tf.concat([[-1 - in_a_row], valid[:-1]], axis=0)
-    last_valid = tf.reduce_max(tf.concat([[-1 - in_a_row], valid], axis=0))
-    next_in_a_row = tf.cast(tf.size(bad), tf.int64) - 1 - last_valid
+  last_chunk = num_chunks(len(units), inp.cycle_length) - 1
+
+  def last_of(values, carry):
+    return tf.concat([[carry], values], axis=0)[-1]
+
+  def count(state, mb):
+    """Drops unusable records; each usable one carries how many were dropped just before it.
+
+    state: (unusable records since the last usable one, records since the last epoch's end).
+    """
+    in_a_row, in_epoch = tf.unstack(state)
+    position = mb["_position"]
+    marker = position[:, 3] < 0
+    usable = tf.equal(mb["problem"], "")
+    bad = tf.logical_and(tf.logical_not(usable), tf.logical_not(marker))
+    bad_so_far = tf.cumsum(tf.cast(bad, tf.int64))
+    at_usable = tf.gather(bad_so_far, tf.where(usable)[:, 0])
+    skipped = at_usable - tf.concat([[-in_a_row], at_usable[:-1]], axis=0)
+    next_in_a_row = bad_so_far[-1] - last_of(at_usable, -in_a_row)
+    # Records per epoch, between the markers ending an epoch's last chunk.
+    records_so_far = tf.cumsum(tf.cast(tf.logical_not(marker), tf.int64))
+    at_end = tf.gather(records_so_far, tf.where(
+        tf.logical_and(marker, tf.equal(position[:, 2], last_chunk)))[:, 0])
+    per_epoch = at_end - tf.concat([[-in_epoch], at_end[:-1]], axis=0)
+    next_in_epoch = records_so_far[-1] - last_of(at_end, -in_epoch)
 
     def log():
       n = tf.numpy_function(SKIP_LOG, [tf.constant(source.name), mb["unit"][bad], mb["_key"][bad],
@@ -283,19 +316,30 @@ def example_stream(source: sources_lib.Source, source_index: int, units: list[st
       return tf.ensure_shape(n, [])
 
     logged = tf.cond(tf.reduce_any(bad), log, lambda: tf.constant(0, tf.int64))
-    with tf.control_dependencies([logged, tf.debugging.assert_less(
-        next_in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
-        message=f"{MAX_SKIPPED_IN_A_ROW} records in a row of data source {source.name} were "
-                "unusable (see the 'Skipped record' log lines): check config.input.data.")]):
-      out = {k: tf.gather(mb[k], valid) for k in ("image", "text", "_position", "_key")}
-      out["_skipped"] = valid - previous - 1
-    return next_in_a_row, out
+    checks = [
+        tf.debugging.assert_less(
+            next_in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
+            message=f"{MAX_SKIPPED_IN_A_ROW} records in a row of data source {source.name} were "
+                    "unusable (see the 'Skipped record' log lines): check config.input.data."),
+        tf.debugging.assert_positive(
+            tf.concat([per_epoch, [1]], axis=0),
+            message=f"A whole epoch of data source {source.name} ({len(units)} file(s) in this "
+                    "process) held no records: the files are empty or not in the source's "
+                    "format; check config.input.data."),
+    ]
+    with tf.control_dependencies([logged] + checks):
+      out = {k: tf.gather(mb[k], tf.where(usable)[:, 0])
+             for k in ("image", "text", "_position", "_key")}
+      out["_skipped"] = skipped
+    return tf.stack([next_in_a_row, next_in_epoch]), out
 
+  # Resumed inside an epoch: the records before the start position count for it.
+  in_epoch = 0 if tuple(start[1:]) == (0, 0) else 1
   ds = record_stream(source, source_index, units, config, start).batch(MICRO_BATCH)
   # One micro-batch per inner dataset: the output keeps the input order for any cycle_length.
   ds = ds.interleave(guarded, cycle_length=max(8, os.cpu_count() or 1), block_length=1,
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.scan(tf.constant(0, tf.int64), count).unbatch()
+  return ds.scan(tf.constant([0, in_epoch], tf.int64), count).unbatch()
 
 
 # ---------------------------------------------------------------------------------------------
