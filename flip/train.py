@@ -2,90 +2,31 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
-from jax.sharding import Mesh
 
 from flip import checkpoint
 from flip import config_lib
 from flip import evaluation
-from flip import losses
 from flip import optim
 from flip import sharding
+from flip import train_step as train_step_lib
 from flip.data import pipeline
 from flip.data import tokenizer as tokenizer_lib
 from flip.evaluation import encode
 from flip.models import flip as flip_lib
 
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
-               tx: optax.GradientTransformation, mesh: Mesh):
-  """Returns (init_fn, abstract_state): init_fn(rng) creates the state already sharded."""
-  size, text_len = config.input.image_size, config.input.text_len
-
-  def boxed_init(rng):
-    params = model.init({"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32),
-                        jnp.zeros((1, text_len), jnp.int32))["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  boxed = jax.eval_shape(boxed_init, jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh, config.logical_axis_rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
-  init_fn = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
-  return init_fn, abstract
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_lib.FLIP,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, mask_ratio: float,
-               mask_rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of masked contrastive training; a fresh mask per step (rng folded with the step)."""
-  rng = jax.random.fold_in(mask_rng, state.step)
-
-  def loss_fn(params):
-    image_emb, text_emb, logit_scale = model.apply(
-        {"params": params}, batch["image"], batch["text"], mask_ratio=mask_ratio,
-        rngs={"mask": rng})
-    return losses.infonce(image_emb, text_emb, logit_scale), logit_scale
-
-  (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale), "lr": schedule(state.step),
-             "grad_norm": optax.global_norm(grads)}
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
-                   schedule: optax.Schedule, mask_ratio: float, mask_rng: jax.Array,
-                   abstract_state, mesh: Mesh):
-  """train_step jitted with the state's shardings, batch-sharded inputs and a donated state."""
-  state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-  return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        mask_ratio=mask_ratio, mask_rng=mask_rng),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+# The jitted step lives in flip.train_step (pure JAX: no TensorFlow), re-exported here.
+TrainState = train_step_lib.TrainState
+init_state = train_step_lib.init_state
+train_step = train_step_lib.train_step
+jit_train_step = train_step_lib.jit_train_step
 
 
 def _flat_hparams(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:

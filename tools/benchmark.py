@@ -2,7 +2,7 @@
 
   python tools/benchmark.py --config=configs/demo.py --mask=0,0.5,0.75 [--batch=N] [--steps=10]
 
-For each mask ratio it compiles the jitted train step of flip.train (same model, optimizer,
+For each mask ratio it compiles the jitted train step of flip.train_step (same model, optimizer,
 sharding and donation as training), runs warm-up steps, then times `--steps` steps on a
 synthetic batch (no input pipeline) and prints step time, images/s, XLA's FLOPs per step and the
 ratios to the first mask ratio listed. Ratios measured in one run are the figures to compare:
@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from flip import config_lib
 from flip import optim
 from flip import sharding
-from flip import train
+from flip import train_step
 from flip.models import flip as flip_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/demo.py.",
@@ -37,14 +37,14 @@ flags.mark_flags_as_required(["config"])
 
 
 def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, float]:
-  """Compiles and times flip.train.train_step for one mask ratio on a synthetic batch."""
+  """Compiles and times flip.train_step.train_step for one mask ratio on a synthetic batch."""
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.input.global_batch_size
   sharding.check_batch(batch_size, mesh)
   model = flip_lib.from_config(config.model)
   tx = optim.make(config)
-  init_fn, abstract = train.init_state(config, model, tx, mesh)
-  step_fn = train.jit_train_step(model, tx, optim.schedule(config), mask_ratio,
+  init_fn, abstract = train_step.init_state(config, model, tx, mesh)
+  step_fn = train_step.jit_train_step(model, tx, optim.schedule(config), mask_ratio,
                                  jax.random.key(1), abstract, mesh)
 
   rng = np.random.default_rng(0)
