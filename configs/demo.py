@@ -33,4 +33,7 @@ def get_config(arg=None):
   templates = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
   c.evals.zeroshot = dict(type="zeroshot", templates=templates, every_steps=500, **validation)
   c.evals.retrieval = dict(type="retrieval", text_key="captions", every_steps=1100, **validation)
+  c.evals.linear_probe = dict(type="linear_probe", dataset="flip_shapes", train_split="train",
+                              max_train_examples=5000, test_split="validation", shots=(5,),
+                              every_steps=2200)
   return config_lib.apply_arg(c, arg)

@@ -67,7 +67,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {workdir} is not a FLIP training workdir.")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+  def tuples(value):  # JSON has only lists; the configs use tuples (axis rules, templates, ...)
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
 
 
 def check_writable(workdir: str) -> None:

@@ -124,6 +124,12 @@ def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
   c.optim.base_lr = 4e-6
   c.optim.warmup_samples = 256_000_000 if size == "H/14" else 51_200_000
   c.total_samples = 12_800_000_000
+  # The paper's evaluations, if their TFDS data sets are prepared in config.input.data_dir
+  # (training goes on without an evaluator whose data set is missing, with a warning).
+  c.evals.imagenet = dict(type="zeroshot", dataset="imagenet2012", split="validation",
+                          class_names="imagenet", templates="clip80", every_steps=5000)
+  c.evals.coco = dict(type="retrieval", dataset="coco_captions", split="test",
+                      text_key="captions/text", every_steps=5000)
   return c
 
 
@@ -151,9 +157,11 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.total_steps = 20
   c.log_every_steps = 5
   c.checkpoint_every_steps = 10
-  if not c.evals:
-    c.evals.zeroshot = dict(type="zeroshot", dataset="flip_shapes", split="validation",
-                            templates=("a photo of a {}.",), every_steps=10)
+  # The recipe's evaluation data (ImageNet, COCO) is not here: evaluate on flip_shapes instead.
+  kept = {name: ev for name, ev in c.evals.items() if ev.get("dataset") == "flip_shapes"}
+  c.evals = ml_collections.ConfigDict(kept or {"zeroshot": dict(
+      type="zeroshot", dataset="flip_shapes", split="validation",
+      templates=("a photo of a {}.",))})
   for ev in c.evals.values():
     ev.every_steps = 10
 

@@ -9,24 +9,14 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from flip import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/demo.py or configs/vitl16_mask50.py:local.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; a run "
                                "resumes from its latest checkpoint here.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def parse_flags(argv):
-  """absl flag parsing, with a one-line error for a mistyped --config.field override."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    print(f"error: could not parse the flags ({type(e).__name__}: {e}). Check the spelling and "
-          f"type of the overrides {overrides}: every config field and its type is defined in "
-          "flip/config_lib.py:base_config().", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv):
@@ -45,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

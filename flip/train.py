@@ -97,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
   evaluators = evaluation.make_evaluators(
-      config, encode.Encoder(model, tokenizer, mesh, batch_size))
+      config, encode.Encoder(model, tokenizer, mesh, batch_size), missing_ok=True)
   step_fn = jit_train_step(model, tx, schedule, config.mask_ratio, mask_rng, abstract_state,
                            mesh)
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps

@@ -53,7 +53,7 @@ def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
   assert np.isfinite(summary["train/loss"])
   assert 0.0 <= summary["zeroshot/top1"] <= 1.0
   for key in ("train/lr", "train/logit_scale", "train/steps_per_sec", "train/images_per_sec",
-              "retrieval/i2t_top1", "retrieval/t2i_top1"):
+              "retrieval/i2t_recall@1", "retrieval/t2i_recall@10", "zeroshot/top5"):
     assert key in summary
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
   assert tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*"))
@@ -195,10 +195,11 @@ print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r}))
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
   print(f"demo after 250 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
-        f"i2t top-1 {summary['retrieval/i2t_top1']:.3f}")
+        f"i2t top-1 {summary['retrieval/i2t_recall@1']:.3f}, probe {summary['linear_probe/top1']:.3f}")
   assert summary["step"] == 250
   assert summary["zeroshot/top1"] > 5 * chance, summary
-  assert summary["retrieval/i2t_top1"] > 5 / 1000, summary  # chance: 1 of 1000 images
+  assert summary["retrieval/i2t_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images
+  assert summary["linear_probe/top1"] > 2 * chance, summary
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(shapes_data_dir, tmp_path):

@@ -25,7 +25,6 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
 from flip.data import sources as sources_lib
@@ -35,9 +34,6 @@ IMAGENET_MEAN = tf.constant([0.485, 0.456, 0.406]) * 255.0
 IMAGENET_STD = tf.constant([0.229, 0.224, 0.225]) * 255.0
 MAX_SKIPPED_IN_A_ROW = 10_000
 HOST_FIELDS = ("_position", "_skipped", "_key")  # per-record bookkeeping that stays on the host
-
-builder = sources_lib.builder  # the evaluators load their TFDS splits through it
-
 
 # ---------------------------------------------------------------------------------------------
 # Images.
@@ -469,24 +465,3 @@ def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 def device_fields(batch: dict[str, Any]) -> dict[str, Any]:
   """The fields that go to the accelerators (the rest is host bookkeeping)."""
   return {k: v for k, v in batch.items() if k not in HOST_FIELDS}
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation data.
-
-def eval_examples(dataset: str, split: str, data_dir: str | None, image_key: str,
-                  image_size: int, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-  """A whole (small) TFDS evaluation split in memory: centre-cropped, normalised images and `keys`."""
-  b = builder(dataset, data_dir)
-  if image_key not in b.info.features:
-    raise ValueError(f"Data set {dataset!r} has no feature {image_key!r}; its features are "
-                     f"{sorted(b.info.features)}.")
-  ds = b.as_dataset(split=split, shuffle_files=False,
-                    decoders={image_key: tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: dict({k: ex[k] for k in keys},
-                              image=normalize(center_crop(decode(ex[image_key]), image_size))),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  batches = list(ds.batch(1024).as_numpy_iterator())
-  if not batches:
-    raise ValueError(f"Split {split!r} of {dataset!r} is empty.")
-  return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -1,0 +1,88 @@
+"""Evaluates a checkpoint: python -m flip.evaluate --workdir=DIR [--config=configs/X.py] [--step=N].
+
+Runs every evaluator of config.evals (zero-shot classification, retrieval, linear probe) on the
+newest checkpoint of the workdir (or --step), prints the metrics, writes them to the workdir's
+TensorBoard logs at that step and, with --json, to a file. The config defaults to the one the run
+saved (workdir/config.json); --config (with --config.field overrides) replaces it, e.g. to add
+evaluators. No training data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from flip import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file; default: the workdir's config.json.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir with checkpoints.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_JSON = flags.DEFINE_string("json", None, "Also write the metrics to this JSON file.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
+  """{evaluator/metric: value} of a checkpoint of `workdir` under `config.evals`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from flip import checkpoint, evaluation, optim, sharding, train_step  # pylint: disable=g-import-not-at-top
+  from flip.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from flip.evaluation import encode  # pylint: disable=g-import-not-at-top
+  from flip.models import flip as flip_lib  # pylint: disable=g-import-not-at-top
+
+  if not config.evals:
+    raise ValueError("config.evals declares no evaluator: add one, e.g. "
+                     "--config=configs/demo.py, or see the README's evaluation section.")
+  mesh = sharding.make_mesh(config.mesh)
+  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
+  tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
+  model = flip_lib.from_config(config.model)
+  ckpt = checkpoint.Checkpointer(workdir, 1, 1)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first, or point "
+                            "--workdir at a training run.")
+  _, abstract = train_step.init_state(config, model, optim.make(config), mesh)
+  state, _ = ckpt.restore(abstract, step)
+  ckpt.close()
+  step = int(state.step)
+  batch = max(sharding.batch_ways(mesh), min(config.input.global_batch_size, 1024))
+  evaluators = evaluation.make_evaluators(config, encode.Encoder(model, tokenizer, mesh, batch))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  results = {}
+  for name, evaluator in evaluators.items():
+    metrics = {f"{name}/{k}": v for k, v in evaluator(state.params).items()}
+    writer.write_scalars(step, metrics)
+    results.update(metrics)
+  writer.flush()
+  results["step"] = step
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  from flip import checkpoint  # pylint: disable=g-import-not-at-top
+  try:
+    config = _CONFIG.value if _CONFIG.value is not None else checkpoint.read_config(_WORKDIR.value)
+    results = evaluate(config, _WORKDIR.value, _STEP.value)
+  except (ValueError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for key, value in results.items():
+    print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,142 @@
+"""Evaluators end to end: sharded encoding counts every example once, standalone evaluation,
+clear errors, and training that goes on without a missing evaluation data set."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from flip import sharding
+from flip import train
+from flip.data import tokenizer as tokenizer_lib
+from flip.evaluation import data as data_lib
+from flip.evaluation import encode
+from flip.evaluation import linear_probe
+from flip.evaluation import metrics
+from flip.evaluation import retrieval
+from flip.evaluation import zeroshot
+from flip.models import flip as flip_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import demo  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def local_config(data_dir):
+  c = demo.get_config("local")
+  c.input.data_dir = data_dir
+  return c
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  config = demo.get_config("local")
+  model = flip_lib.from_config(config.model)
+  params = model.init({"params": jax.random.key(0)}, np.zeros((1, 32, 32, 3), np.float32),
+                      np.zeros((1, 32), np.int32))["params"]
+  return config, model, params
+
+
+def test_sharded_encoder_embeds_every_example_once(model_and_params):
+  """37 images on 8 devices in batches of 16: padded last batch, nothing lost or doubled."""
+  config, model, params = model_and_params
+  mesh = sharding.make_mesh(config.mesh)
+  assert mesh.size == 8
+  encoder = encode.Encoder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
+  images = np.random.default_rng(0).standard_normal((37, 32, 32, 3)).astype(np.float32)
+  got = encoder.images(params, images)
+  want = np.asarray(model.apply({"params": params}, images, method=flip_lib.FLIP.encode_image))
+  assert got.shape == want.shape == (37, config.model.embed_dim)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  texts = [f"a red shape number {i}" for i in range(21)]
+  want_t = np.asarray(model.apply({"params": params}, encoder.tokenizer(texts),
+                                  method=flip_lib.FLIP.encode_text))
+  np.testing.assert_allclose(encoder.texts(params, texts), want_t, atol=2e-5)
+
+
+def test_zeroshot_retrieval_and_probe_match_a_direct_computation(shapes_data_dir,
+                                                                 model_and_params):
+  config, model, params = model_and_params
+  config.input.data_dir = shapes_data_dir
+  mesh = sharding.make_mesh(config.mesh)
+  encoder = encode.Encoder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
+  ev = ml_collections.ConfigDict(dict(dataset="flip_shapes", split="validation",
+                                      max_examples=45, templates=("a {}.", "a photo of a {}.")))
+  zs = zeroshot.ZeroShot(ev, config, encoder)
+  got = zs(params)
+  examples = data_lib.EvalSplit("flip_shapes", "validation", shapes_data_dir, "image", 32,
+                                keys=("label", "captions"), max_examples=45,
+                                captions_per_image=3).all()
+  assert len(examples["image"]) == 45
+  image_emb = encoder.images(params, examples["image"])
+  class_emb = zeroshot.class_embeddings(encoder, params, zs.class_names, zs.templates)
+  assert got == metrics.classification(image_emb @ class_emb.T, examples["label"], ks=(1, 5))
+  assert set(got) == {"top1", "top5", "mean_per_class_recall"}
+
+  rt = retrieval.Retrieval(ml_collections.ConfigDict(dict(
+      dataset="flip_shapes", split="validation", max_examples=45, captions_per_image=3)),
+      config, encoder)
+  assert len(rt.captions) == 135  # 3 captions per image
+  captions = [c.decode() for c in examples["captions"].reshape(-1)]
+  want = metrics.retrieval(image_emb, encoder.texts(params, captions), np.repeat(np.arange(45), 3))
+  assert rt(params) == want
+
+  probe = linear_probe.LinearProbe(ml_collections.ConfigDict(dict(
+      dataset="flip_shapes", train_split="train", max_train_examples=300,
+      test_split="validation", max_test_examples=45, shots=(2,))), config, encoder)
+  out = probe(params)
+  assert set(out) == {"top1", "2shot_top1"} and 0 <= out["top1"] <= 1
+
+
+@pytest.mark.parametrize("ev, error, message", [
+    (dict(type="zeroshot", dataset="no_such_data_set_xyz"), ValueError, "Unknown TFDS data set"),
+    (dict(type="zeroshot", dataset="flip_shapes", split="validation", label_key="colour"),
+     ValueError, "no feature"),
+    (dict(type="zeroshot", dataset="flip_shapes", split="validation", class_names=("a", "b")),
+     ValueError, "2"),
+    (dict(type="zeroshot", dataset="flip_shapes", split="validation", templates="long"),
+     ValueError, "short"),
+    (dict(type="retrieval", dataset="flip_shapes", split="nope"), ValueError, "no split"),
+    (dict(type="probe", dataset="flip_shapes"), ValueError, "linear_probe"),
+])
+def test_bad_evaluator_configs_fail_clearly(shapes_data_dir, tmp_path, ev, error, message):
+  config = local_config(shapes_data_dir)
+  config.evals = ml_collections.ConfigDict({"bad": dict(ev, every_steps=5)})
+  with pytest.raises(error, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_training_goes_on_without_a_missing_evaluation_data_set(shapes_data_dir, tmp_path):
+  config = local_config(shapes_data_dir)
+  config.total_steps = 4
+  config.evals.imagenet = dict(type="zeroshot", dataset="imagenet2012", split="validation",
+                               class_names="imagenet", every_steps=2)
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 4 and "zeroshot/top1" in summary
+  assert not any(k.startswith("imagenet/") for k in summary)
+
+
+def test_standalone_evaluation_of_a_demo_checkpoint(shapes_data_dir, tmp_path):
+  config = local_config(shapes_data_dir)
+  config.total_steps = 10
+  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+  env = dict(os.environ, TFDS_DATA_DIR=shapes_data_dir)
+  result = subprocess.run(
+      [sys.executable, "-m", "flip.evaluate", f"--workdir={tmp_path}/run",
+       f"--json={tmp_path}/metrics.json"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads((tmp_path / "metrics.json").read_text())
+  assert got["step"] == 10
+  for key in ("zeroshot/top1", "retrieval/i2t_recall@1", "retrieval/t2i_recall@10"):
+    assert got[key] == pytest.approx(summary[key], abs=1e-6), key
+  assert "zeroshot/top1:" in result.stdout
+
+  empty = subprocess.run([sys.executable, "-m", "flip.evaluate", f"--workdir={tmp_path}/none"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert empty.returncode == 1 and "config.json" in empty.stderr
