@@ -48,17 +48,22 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_lib.FLIP,
                tx: optax.GradientTransformation, schedule: optax.Schedule, mask_ratio: float,
-               mask_rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of masked contrastive training; a fresh mask per step (rng folded with the step)."""
+               mask_rng: jax.Array, loss_fn=losses.infonce
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of masked contrastive training; a fresh mask per step (rng folded with the step).
+
+  loss_fn(image_emb, text_emb, logit_scale): the contrastive loss (jit_train_step passes the
+  blockwise sharded form).
+  """
   rng = jax.random.fold_in(mask_rng, state.step)
 
-  def loss_fn(params):
+  def objective(params):
     image_emb, text_emb, logit_scale = model.apply(
         {"params": params}, batch["image"], batch["text"], mask_ratio=mask_ratio,
         rngs={"mask": rng})
-    return losses.infonce(image_emb, text_emb, logit_scale), logit_scale
+    return loss_fn(image_emb, text_emb, logit_scale), logit_scale
 
-  (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, logit_scale), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale), "lr": schedule(state.step),
@@ -73,7 +78,9 @@ def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
   return jax.jit(
       functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        mask_ratio=mask_ratio, mask_rng=mask_rng),
+                        mask_ratio=mask_ratio, mask_rng=mask_rng,
+                        loss_fn=functools.partial(losses.sharded_infonce, mesh=mesh,
+                                                  batch_axes=sharding.BATCH_AXES)),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)

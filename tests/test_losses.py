@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from flip import losses
 
@@ -51,3 +52,29 @@ def test_infonce_over_sharded_global_batch():
 def test_perfect_alignment_has_low_loss():
   eye = np.eye(8, dtype=np.float32)
   assert losses.infonce(eye, eye, np.log(100)) < 1e-3
+
+
+def mesh_of(shape):
+  from flip import sharding  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return sharding.make_mesh(ml_collections.ConfigDict(shape))
+
+
+@pytest.mark.parametrize("shape", [dict(data=8), dict(fsdp=8), dict(data=4, model=2),
+                                   dict(data=2, fsdp=2, model=2)], ids=str)
+def test_sharded_infonce_equals_global_loss_and_gradients(shape):
+  """Blockwise logits on 8 devices: the single-device global loss and its gradients."""
+  rng = np.random.default_rng(3)
+  img = unit(rng.normal(size=(32, 8))).astype(np.float32)
+  txt = unit(rng.normal(size=(32, 8))).astype(np.float32)
+  scale = np.float32(2.3)
+  mesh = mesh_of(shape)
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+  fn = jax.jit(jax.value_and_grad(
+      lambda a, b, s: losses.sharded_infonce(a, b, s, mesh), argnums=(0, 1, 2)))
+  loss, grads = fn(jax.device_put(img, sharded), jax.device_put(txt, sharded), scale)
+  want_loss, want_grads = jax.value_and_grad(losses.infonce, argnums=(0, 1, 2))(img, txt, scale)
+  np.testing.assert_allclose(loss, numpy_infonce(img, txt, scale), rtol=1e-5)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  for got, want in zip(grads, want_grads):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
