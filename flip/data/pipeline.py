@@ -381,17 +381,19 @@ def _join31(values) -> list[int]:
   return [(int(hi) << 31) | int(lo) for hi, lo in zip(values[::2], values[1::2])]
 
 
+def _all_processes(values: list[int]) -> list[list[int]]:
+  """Every process's list of (non-negative, same-length) integers; a collective on multi-host."""
+  if jax.process_count() == 1:
+    return [list(values)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray(_split31(values), np.int32)))
+  return [_join31(row) for row in gathered.reshape(jax.process_count(), -1)]
+
+
 def save_input_state(state: InputState, config: ml_collections.ConfigDict) -> dict:
   """Every process's input state, as JSON for the checkpoint (a collective on multi-host)."""
-  values = _split31(state.to_list())
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(values, np.int32)))
-    processes = [_join31(row) for row in gathered.reshape(jax.process_count(), -1)]
-  else:
-    processes = [_join31(values)]
   return {"version": 1, "sources": [s.name for s in parse_sources(config)],
-          "processes": processes}
+          "processes": _all_processes(state.to_list())}
 
 
 def restore_input_state(data: dict | None, config: ml_collections.ConfigDict) -> InputState:
@@ -413,11 +415,7 @@ def restore_input_state(data: dict | None, config: ml_collections.ConfigDict) ->
 
 def total_skipped(state: InputState) -> int:
   """Records skipped so far by all processes (a collective on multi-host)."""
-  if jax.process_count() == 1:
-    return state.skipped
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return sum(_join31(np.asarray(multihost_utils.process_allgather(
-      np.asarray(_split31([state.skipped]), np.int32))).reshape(-1)))
+  return sum(row[0] for row in _all_processes([state.skipped]))
 
 
 def parse_sources(config: ml_collections.ConfigDict) -> list[sources_lib.Source]:

@@ -85,6 +85,13 @@ def feature(features, key: str):
   return features
 
 
+def nested(example, key: str):
+  """example["a"]["b"] for key "a/b": a (possibly nested) value of a decoded TFDS example."""
+  for part in key.split("/"):
+    example = example[part]
+  return example
+
+
 def units(source: Source, num_pieces: int = MIN_UNITS) -> list[str]:
   """The source's units, in a fixed order; TFDS and CSV files are cut into `num_pieces` pieces."""
   if source.format == "wds":
@@ -263,11 +270,7 @@ def _tfds_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
 
   def parse_example(index, serialized):
     ex = features.deserialize_example(serialized, decoders=decoders)
-    image, text = ex, ex
-    for part in source.image_key.split("/"):
-      image = image[part]
-    for part in source.text_key.split("/"):
-      text = text[part]
+    image, text = nested(ex, source.image_key), nested(ex, source.text_key)
     if image.dtype != tf.string:
       image = tf.io.encode_png(image)
     if text.shape.rank:  # several captions: kept joined, one is picked in the pipeline

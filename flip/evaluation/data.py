@@ -14,12 +14,6 @@ from flip.data import sources
 CACHE_BYTES = 1 << 30  # splits whose images fit in this many bytes are kept in memory
 
 
-def nested(example, key: str):
-  for part in key.split("/"):
-    example = example[part]
-  return example
-
-
 class EvalSplit:
   """Centre-cropped, normalised images of a TFDS split with some of its features, in chunks.
 
@@ -62,12 +56,12 @@ class EvalSplit:
     def prepare(ex):
       out = {}
       for key in self.keys:
-        value = nested(ex, key)
+        value = sources.nested(ex, key)
         if value.dtype == tf.string and value.shape.rank == 1:
           value = tf.pad(value[:n], [[0, n - tf.minimum(tf.shape(value)[0], n)]])
           value = tf.ensure_shape(value, [n])
         out[key] = value
-      image = nested(ex, self.image_key)
+      image = sources.nested(ex, self.image_key)
       if image.dtype == tf.string:
         image = pipeline.decode(image)
       out["image"] = pipeline.normalize(pipeline.center_crop(image, size))
