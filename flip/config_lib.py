@@ -16,11 +16,19 @@ from ml_collections import config_dict
 
 from flip.data import spec
 
-# Activations are sharded over the batch axes; parameters use the `embed`/`mlp`/`heads`/`vocab`
-# names that flip.models attach with nn.with_logical_partitioning. With the default mesh
-# (fsdp=1, model=1) every parameter is replicated: pure data parallelism.
+# Parameters use the `embed`/`mlp`/`heads`/`vocab`/... names that flip.models attach with
+# nn.with_logical_partitioning; activations the `batch`/`act_*` names of
+# flip.models.transformer.ACTIVATION_AXES. Defaults: parameters and optimizer state split
+# FSDP-style (ZeRO) over `fsdp` by their `embed` axis, attention heads and MLP units over `model`
+# (tensor parallel), activations over the batch axes (data, fsdp) and, inside attention and
+# MLP, over `model`. With the default mesh (fsdp=1, model=1) it is pure data parallelism.
 DEFAULT_LOGICAL_AXIS_RULES = (
     ("batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "model"),
+    ("act_kv", None),
+    ("act_mlp", "model"),
     ("embed", "fsdp"),
     ("mlp", "model"),
     ("heads", "model"),
@@ -29,6 +37,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("proj", None),
     ("patch", None),
     ("length", None),
+    ("layers", None),  # the stacked-blocks axis of scanned towers
 )
 
 
@@ -57,10 +66,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.image = ml_collections.ConfigDict(
-      dict(patch_size=16, depth=12, width=768, num_heads=12, mlp_ratio=4))
+      dict(patch_size=16, depth=12, width=768, num_heads=12, mlp_ratio=4, remat="none"))
   c.model.text = ml_collections.ConfigDict(
-      dict(vocab_size=30522, depth=12, width=512, num_heads=8, mlp_ratio=4, max_len=32))
+      dict(vocab_size=30522, depth=12, width=512, num_heads=8, mlp_ratio=4, max_len=32,
+           remat="none"))
   c.model.embed_dim = 512
+  # Memory and speed levers (flip/models/transformer.py); none changes the model's function.
+  # remat (per tower, above): "none" | "dots" (keep matmul outputs) | "full" (keep block inputs).
+  c.model.dtype = "float32"  # compute dtype: "float32" (the paper) or "bfloat16" (f32 params)
+  c.model.scan_layers = True  # one nn.scan over each tower's blocks: fast compiles when deep
 
   c.input = ml_collections.ConfigDict()
   # Training data: one source or several mixed (';'-separated), each FORMAT:LOCATION[?options]

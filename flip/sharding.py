@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -9,6 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from flip.models import transformer
 
 AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -58,9 +61,64 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def logical_shardings(boxed_tree, mesh: Mesh, rules) -> object:
-  """NamedShardings for a tree of nn.LogicallyPartitioned (abstract) values."""
+def _axes(mesh_axes) -> tuple[str, ...]:
+  if mesh_axes is None:
+    return ()
+  return tuple(mesh_axes) if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)
+
+
+def check_rules(boxed_tree, mesh: Mesh, rules, required: tuple[str, ...] = ()) -> None:
+  """Stops, before anything is compiled, on rules that cannot shard every value of the tree.
+
+  Flax silently replicates a logical axis that no rule names; here that is an error (for the
+  tree's axes and the `required` activation axes), as are rules naming mesh axes that do not
+  exist and dimensions the mesh axes do not divide.
+  """
+  rules = [tuple(rule) for rule in rules]
+  for rule in rules:
+    if len(rule) != 2 or not all(a in mesh.shape for a in _axes(rule[1])):
+      raise ValueError(f"config.logical_axis_rules entry {rule} must be (logical_name, mesh_axes) "
+                       f"with mesh_axes None, one of {tuple(mesh.shape)} or a tuple of them.")
+  known = {name for name, _ in rules}
+  missing = [name for name in required if name not in known]
+  if missing:
+    raise ValueError(f"config.logical_axis_rules names no rule for the activation axes {missing}; "
+                     "add them (see flip.config_lib.DEFAULT_LOGICAL_AXIS_RULES).")
+  boxed_leaves = jax.tree_util.tree_flatten_with_path(
+      boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+  for path, leaf in boxed_leaves:
+    if not isinstance(leaf, nn.LogicallyPartitioned):
+      continue
+    where = jax.tree_util.keystr(path, simple=True, separator="/")
+    unmatched = [n for n in leaf.names if n is not None and n not in known]
+    if unmatched:
+      raise ValueError(
+          f"{where} has logical axes {unmatched} that no rule in config.logical_axis_rules "
+          f"names; add ('{unmatched[0]}', None) to replicate it or e.g. ('{unmatched[0]}', "
+          "'fsdp') to shard it.")
+    spec = nn.logical_to_mesh_axes(leaf.names, rules)
+    for name, dim, mesh_axes in zip(leaf.names, leaf.value.shape, spec):
+      ways = math.prod(mesh.shape[a] for a in _axes(mesh_axes))
+      if dim % ways:
+        raise ValueError(
+            f"{where}: its '{name}' dimension of size {dim} cannot be split {ways} ways over "
+            f"mesh axes {mesh_axes} (mesh {dict(mesh.shape)}); change config.mesh, or map "
+            f"'{name}' to other mesh axes (or None) in config.logical_axis_rules.")
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules, required: tuple[str, ...] = ()) -> object:
+  """NamedShardings for a tree of nn.LogicallyPartitioned (abstract) values (checked first)."""
+  check_rules(boxed_tree, mesh, rules, required)
   return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, list(rules))
+
+
+def with_activation_rules(fn, mesh: Mesh, rules):
+  """`fn` with the model's activations sharded by `rules` when traced (wrap what is jitted)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with transformer.activation_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

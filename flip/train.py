@@ -14,13 +14,12 @@ from clu import metric_writers
 from flip import checkpoint
 from flip import config_lib
 from flip import evaluation
-from flip import optim
+from flip import memory
 from flip import sharding
 from flip import train_step as train_step_lib
 from flip.data import pipeline
 from flip.data import tokenizer as tokenizer_lib
 from flip.evaluation import encode
-from flip.models import flip as flip_lib
 
 # The jitted step lives in flip.train_step (pure JAX: no TensorFlow), re-exported here.
 TrainState = train_step_lib.TrainState
@@ -68,15 +67,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
 
-  model = flip_lib.from_config(config.model)
-  tx = optim.make(config)
-  schedule = optim.schedule(config)
   total_steps = config_lib.steps_from(config, "total", batch_size)
-  init_fn, abstract_state = init_state(config, model, tx, mesh)
+  init_rng, mask_rng = jax.random.split(jax.random.key(config.seed))
+  model, init_fn, abstract_state, step_fn = train_step_lib.build(config, mesh, mask_rng=mask_rng)
 
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps, config.keep_checkpoints)
-  rng = jax.random.key(config.seed)
-  init_rng, mask_rng = jax.random.split(rng)
   if ckpt.latest_step() is not None:
     state, data_position = ckpt.restore(abstract_state)
     input_state = pipeline.restore_input_state(data_position, config)
@@ -97,9 +92,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
   evaluators = evaluation.make_evaluators(
-      config, encode.Encoder(model, tokenizer, mesh, batch_size), missing_ok=True)
-  step_fn = jit_train_step(model, tx, schedule, config.mask_ratio, mask_rng, abstract_state,
-                           mesh)
+      config, encode.Encoder(model, tokenizer, mesh, batch_size, config.logical_axis_rules),
+      missing_ok=True)
+  # Compiled ahead of time to report its per-device memory before the first batch.
+  step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh)).compile()
+  logging.info("Compiled train step: %s.", memory.report(step_fn, abstract_state))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
   batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
              if start_step < end_step else iter(()))

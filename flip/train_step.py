@@ -16,9 +16,12 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from flip import config_lib
 from flip import losses
+from flip import optim
 from flip import sharding
 from flip.models import flip as flip_lib
+from flip.models import transformer
 
 
 @flax.struct.dataclass
@@ -39,7 +42,8 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(boxed_init, jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh, config.logical_axis_rules)
+  shardings = sharding.logical_shardings(boxed, mesh, config.logical_axis_rules,
+                                         required=transformer.ACTIVATION_AXES)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.unbox(boxed), shardings)
   init_fn = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
@@ -67,20 +71,47 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_li
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale), "lr": schedule(state.step),
-             "grad_norm": optax.global_norm(grads)}
+             "grad_norm": optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch's shapes, dtypes and shardings (for compiling ahead of time)."""
+  b, size, text_len = (config.input.global_batch_size, config.input.image_size,
+                       config.input.text_len)
+  spec = sharding.batch_sharding(mesh)
+  return {"image": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32, sharding=spec),
+          "text": jax.ShapeDtypeStruct((b, text_len), jnp.int32, sharding=spec)}
 
 
 def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
                    schedule: optax.Schedule, mask_ratio: float, mask_rng: jax.Array,
-                   abstract_state, mesh: Mesh):
-  """train_step jitted with the state's shardings, batch-sharded inputs and a donated state."""
+                   abstract_state, mesh: Mesh, rules=config_lib.DEFAULT_LOGICAL_AXIS_RULES):
+  """train_step jitted with the state's shardings, batch-sharded inputs, activations sharded by
+  the logical-axis `rules` (pass config.logical_axis_rules) and a donated state."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                           mask_ratio=mask_ratio, mask_rng=mask_rng,
+                           loss_fn=functools.partial(losses.sharded_infonce, mesh=mesh,
+                                                     batch_axes=sharding.BATCH_AXES))
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule,
-                        mask_ratio=mask_ratio, mask_rng=mask_rng,
-                        loss_fn=functools.partial(losses.sharded_infonce, mesh=mesh,
-                                                  batch_axes=sharding.BATCH_AXES)),
+      sharding.with_activation_rules(step, mesh, rules),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh, mask_ratio: float | None = None,
+          mask_rng: jax.Array | None = None):
+  """(model, init_fn, abstract_state, jitted step) of a config, as training runs them.
+
+  mask_ratio defaults to config.mask_ratio, mask_rng to a fixed key (benchmarks, planning).
+  """
+  model, tx = flip_lib.from_config(config.model), optim.make(config)
+  init_fn, abstract = init_state(config, model, tx, mesh)
+  step_fn = jit_train_step(
+      model, tx, optim.schedule(config),
+      config.mask_ratio if mask_ratio is None else mask_ratio,
+      jax.random.key(1) if mask_rng is None else mask_rng, abstract, mesh,
+      config.logical_axis_rules)
+  return model, init_fn, abstract, step_fn

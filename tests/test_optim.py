@@ -58,7 +58,7 @@ def test_decay_mask_on_real_model():
   decayed = {k for k, m in flat.items() if m}
   assert "text/token_embed/embedding" in decayed
   assert "image_proj/kernel" in decayed and "image/patch_embed/kernel" in decayed
-  assert "image/encoder/block00/mlp/fc1/kernel" in decayed
+  assert "image/encoder/blocks/mlp/fc1/kernel" in decayed  # scanned: stacked blocks
   for name, m in flat.items():
     if name.endswith(("bias", "scale")) or "pos_embed" in name or name == "logit_scale":
       assert not m, name

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from flip import config_lib
 from flip import sharding
 from flip.data import tokenizer as tokenizer_lib
 from flip.models import flip as flip_lib
@@ -21,16 +22,19 @@ class Encoder:
   """
 
   def __init__(self, model: flip_lib.FLIP, tokenizer: tokenizer_lib.Tokenizer, mesh: Mesh,
-               batch_size: int):
+               batch_size: int, rules=config_lib.DEFAULT_LOGICAL_AXIS_RULES):
     self.tokenizer = tokenizer
     self.mesh = mesh
     ways = sharding.batch_ways(mesh) * jax.process_count()
     self.batch_size = max(ways, batch_size // ways * ways)
     out = sharding.replicated(mesh)
-    self._image = jax.jit(functools.partial(model.apply, method=flip_lib.FLIP.encode_image),
-                          out_shardings=out)
-    self._text = jax.jit(functools.partial(model.apply, method=flip_lib.FLIP.encode_text),
-                         out_shardings=out)
+
+    def jit(method):  # activations sharded like in training (config.logical_axis_rules)
+      return jax.jit(sharding.with_activation_rules(
+          functools.partial(model.apply, method=method), mesh, rules), out_shardings=out)
+
+    self._image = jit(flip_lib.FLIP.encode_image)
+    self._text = jit(flip_lib.FLIP.encode_text)
 
   def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
     n = len(data)

@@ -37,10 +37,12 @@ class FLIP(nn.Module):
         "logit_scale", transformer.partitioned(nn.initializers.constant(LOGIT_SCALE_INIT), ()), ())
 
   def encode_image(self, images: jax.Array, mask_ratio: float = 0.0) -> jax.Array:
-    return l2_normalize(self.image_proj(self.image(images, mask_ratio)))
+    features = transformer.constrain(self.image(images, mask_ratio), ("batch", "act_embed"))
+    return l2_normalize(self.image_proj(features))
 
   def encode_text(self, tokens: jax.Array) -> jax.Array:
-    return l2_normalize(self.text_proj(self.text(tokens)))
+    features = transformer.constrain(self.text(tokens), ("batch", "act_embed"))
+    return l2_normalize(self.text_proj(features))
 
   def logit_scale(self) -> jax.Array:
     """The log-temperature, clipped to [0, log 100] as in CLIP and FLIP."""
@@ -51,7 +53,19 @@ class FLIP(nn.Module):
 
 
 def from_config(model: ml_collections.ConfigDict) -> FLIP:
+  """The model of config.model: tower shapes and remat per tower, dtype and scan for both."""
+  # .get: configs saved before these fields existed describe unscanned float32 models.
+  dtype = model.get("dtype", "float32")
+  if dtype not in transformer.DTYPES:
+    raise ValueError(f"config.model.dtype={dtype!r}; choose one of "
+                     f"{sorted(transformer.DTYPES)}.")
+  shared = dict(dtype=transformer.DTYPES[dtype], scan=model.get("scan_layers", False))
+  for tower in ("image", "text"):
+    remat = model[tower].get("remat", "none")
+    if remat not in transformer.REMAT_POLICIES:
+      raise ValueError(f"config.model.{tower}.remat={remat!r}; choose one of "
+                       f"{sorted(transformer.REMAT_POLICIES)}.")
   return FLIP(
-      image=vit.VisionTower(**model.image),
-      text=text_lib.TextTower(**model.text),
+      image=vit.VisionTower(**model.image, **shared),
+      text=text_lib.TextTower(**model.text, **shared),
       embed_dim=model.embed_dim)

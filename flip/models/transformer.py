@@ -1,12 +1,70 @@
-"""The pre-LayerNorm encoder block and stack shared by the image and text towers."""
+"""The pre-LayerNorm encoder block and stack shared by the image and text towers.
+
+Memory and speed levers (all numerically the same model):
+- `dtype`: the compute dtype (bfloat16 for mixed precision); parameters stay float32 and
+  LayerNorm statistics, softmax and the loss are computed in float32.
+- `remat`: rematerialisation of each block in the backward pass, one of REMAT_POLICIES.
+- `scan`: the blocks as one `nn.scan` over stacked parameters (leading `layers` axis): one
+  block is compiled instead of `depth`, which keeps compile times flat for deep towers.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 LN_EPS = 1e-6
+
+# What a block keeps for the backward pass: everything ("none": no recomputation), only the
+# matmul outputs ("dots": recompute the cheap elementwise ops), or only its input ("full").
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Logical names of activation axes (parameters use embed/mlp/heads/kv/...). The rules map them to
+# the mesh: the batch over the batch axes, heads and MLP units over `model`. Without these
+# constraints XLA may keep the batch whole and split the weights' axes instead.
+ACTIVATION_AXES = ("batch", "act_length", "act_embed", "act_heads", "act_kv", "act_mlp")
+
+
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
+                                                                      default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: jax.sharding.Mesh, rules):
+  """While a model is traced inside it, `constrain` shards activations over `mesh` by `rules`.
+
+  Own context rather than flax's global rules + mesh: those would also constrain parameter
+  initialisers inside apply (flax's shape checks), which breaks DenseGeneral's flat kernels.
+  """
+  token = _ACTIVATION_SHARDING.set((mesh, tuple(tuple(r) for r in rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
+  """Shards an activation by the rules of the enclosing activation_sharding; a no-op outside one
+  (e.g. a plain model.apply on one device)."""
+  current = _ACTIVATION_SHARDING.get()
+  if current is None:
+    return x
+  mesh, rules = current
+  return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
+
+
+def constrain_tokens(x: jax.Array) -> jax.Array:
+  return constrain(x, ("batch", "act_length", "act_embed"))
 
 
 def dense_init():
@@ -17,8 +75,8 @@ def partitioned(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LN_EPS, name=name,
+def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=LN_EPS, name=name, dtype=dtype,
                       scale_init=partitioned(nn.initializers.ones, ("embed",)),
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
@@ -26,6 +84,7 @@ def layer_norm(name: str | None = None) -> nn.LayerNorm:
 class Attention(nn.Module):
   """Multi-head self-attention; `mask` is bool [b, 1, 1, t] (True = attend) or None."""
   num_heads: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -34,29 +93,31 @@ class Attention(nn.Module):
 
     def proj(name):
       return nn.DenseGeneral(
-          (self.num_heads, head_dim), name=name,
+          (self.num_heads, head_dim), name=name, dtype=self.dtype,
           kernel_init=partitioned(dense_init(), ("embed", "heads", "kv")),
           bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")))
 
-    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # b t n h
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    names = ("batch", "act_length", "act_heads", "act_kv")
+    q, k, v = (constrain(proj(name)(x), names) for name in ("query", "key", "value"))  # b t n h
+    y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask), names)
     return nn.DenseGeneral(
-        width, axis=(-2, -1), name="out",
+        width, axis=(-2, -1), name="out", dtype=self.dtype,
         kernel_init=partitioned(dense_init(), ("heads", "kv", "embed")),
         bias_init=partitioned(nn.initializers.zeros, ("embed",)))(y)
 
 
 class MlpBlock(nn.Module):
   mlp_dim: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, name="fc1",
+    x = nn.Dense(self.mlp_dim, name="fc1", dtype=self.dtype,
                  kernel_init=partitioned(dense_init(), ("embed", "mlp")),
                  bias_init=partitioned(nn.initializers.zeros, ("mlp",)))(x)
-    x = nn.gelu(x, approximate=False)
-    return nn.Dense(width, name="fc2",
+    x = nn.gelu(constrain(x, ("batch", "act_length", "act_mlp")), approximate=False)
+    return nn.Dense(width, name="fc2", dtype=self.dtype,
                     kernel_init=partitioned(dense_init(), ("mlp", "embed")),
                     bias_init=partitioned(nn.initializers.zeros, ("embed",)))(x)
 
@@ -64,11 +125,21 @@ class MlpBlock(nn.Module):
 class EncoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    x = x + Attention(self.num_heads, name="attn")(layer_norm("ln1")(x), mask)
-    return x + MlpBlock(x.shape[-1] * self.mlp_ratio, name="mlp")(layer_norm("ln2")(x))
+    y = layer_norm("ln1", self.dtype)(x)
+    x = x + Attention(self.num_heads, self.dtype, name="attn")(y, mask)
+    y = layer_norm("ln2", self.dtype)(x)
+    return constrain_tokens(x + MlpBlock(x.shape[-1] * self.mlp_ratio, self.dtype, name="mlp")(y))
+
+
+class _ScanBlock(EncoderBlock):
+  """EncoderBlock in nn.scan's (carry, input) -> (carry, output) form."""
+
+  def __call__(self, x, mask):  # pytype: disable=signature-mismatch
+    return super().__call__(x, mask), None
 
 
 class Encoder(nn.Module):
@@ -76,9 +147,28 @@ class Encoder(nn.Module):
   depth: int
   num_heads: int
   mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+  remat: str = "none"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_ratio, name=f"block{i:02d}")(x, mask)
-    return layer_norm("ln_final")(x)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat policy {self.remat!r}; choose one of "
+                       f"{sorted(REMAT_POLICIES)}.")
+    x = constrain_tokens(x.astype(self.dtype))
+    block_cls = _ScanBlock if self.scan else EncoderBlock
+    if self.remat != "none":
+      # prevent_cse is only needed outside scan (scan already keeps XLA from merging the
+      # recomputation with the forward pass).
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat],
+                           prevent_cse=not self.scan)
+    if self.scan:
+      blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=nn.broadcast, length=self.depth,
+                       metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = blocks(self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(x, mask)
+    else:
+      for i in range(self.depth):
+        x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i:02d}")(x, mask)
+    return layer_norm("ln_final", self.dtype)(x)

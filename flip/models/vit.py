@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import einops
 import flax.linen as nn
 import jax
@@ -49,6 +51,9 @@ class VisionTower(nn.Module):
   depth: int
   num_heads: int
   mlp_ratio: int = 4
+  remat: str = "none"  # transformer.REMAT_POLICIES
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32
+  scan: bool = False  # nn.scan over the blocks (stacked parameters)
 
   @nn.compact
   def __call__(self, images: jax.Array, mask_ratio: float = 0.0) -> jax.Array:
@@ -58,11 +63,12 @@ class VisionTower(nn.Module):
     grid_h, grid_w = height // p, width // p
     # A conv with kernel = stride = patch is this reshape and one matmul.
     patches = einops.rearrange(images, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p)
-    x = nn.Dense(self.width, name="patch_embed",
+    x = nn.Dense(self.width, name="patch_embed", dtype=self.dtype,
                  kernel_init=transformer.partitioned(transformer.dense_init(), ("patch", "embed")),
                  bias_init=transformer.partitioned(nn.initializers.zeros, ("embed",)))(patches)
     x = x + jnp.asarray(sincos_2d(grid_h, grid_w, self.width), x.dtype)[None]
     if mask_ratio > 0:
       x, _ = random_masking(x, self.make_rng("mask"), mask_ratio)
-    x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, name="encoder")(x)
-    return x.mean(axis=1)
+    x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
+                            self.scan, name="encoder")(x)
+    return x.astype(jnp.float32).mean(axis=1)
