@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -79,13 +80,42 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def check_writable(workdir: str) -> None:
-  """Fails before any work if the workdir cannot be created or written."""
+  """Fails before any work if the workdir cannot be created or written, or, with several
+  processes, is not one directory they all see (a collective then: every process calls it)."""
   path = epath.Path(workdir)
   probe = path / f".write_probe_{jax.process_index()}"
+  error = None
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe.write_text("ok")
-    probe.unlink()
   except (OSError, PermissionError) as e:
-    raise PermissionError(f"Cannot write to --workdir={workdir} ({e}); choose a directory you "
-                          "can write to.") from e
+    error = e
+  failed, blind = _probes_seen(path, error is None) if jax.process_count() > 1 else ([], [])
+  if error is None:
+    probe.unlink()
+  if error is not None or failed:
+    raise PermissionError(f"Cannot write to --workdir={workdir} "
+                          f"({error or f'process(es) {failed} could not'}); choose a directory "
+                          "you can write to.") from error
+  if blind:
+    raise ValueError(
+        f"--workdir={workdir} is not one directory shared by the {jax.process_count()} "
+        f"processes: process(es) {blind} do not see the others' files in it. With several hosts, "
+        "use storage that every host reads and writes (e.g. gs://bucket/run or a shared file "
+        "system): all processes write the checkpoints there together.")
+
+
+def _probes_seen(path: epath.Path, wrote: bool) -> tuple[list[int], list[int]]:
+  """(processes that could not write their probe, processes that do not see every probe)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def gather(flag: bool) -> np.ndarray:
+    return np.asarray(multihost_utils.process_allgather(np.array([flag], np.int32))).reshape(-1)
+
+  wrote_all = gather(wrote)
+  seen = bool(wrote_all.all()) and all(
+      (path / f".write_probe_{i}").exists() for i in range(jax.process_count()))
+  seen_all = gather(seen)  # also a barrier: no probe is deleted before every process looked
+  if not wrote_all.all():
+    return np.flatnonzero(wrote_all == 0).tolist(), []
+  return [], np.flatnonzero(seen_all == 0).tolist()

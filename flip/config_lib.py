@@ -138,6 +138,11 @@ def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
   c.optim.base_lr = 4e-6
   c.optim.warmup_samples = 256_000_000 if size == "H/14" else 51_200_000
   c.total_samples = 12_800_000_000
+  # Memory (tools/plan_memory.py; README "Scaling out"): at 64k the activations need full
+  # rematerialisation in both towers (ViT-L/16 on a v4-256 slice: 14 GiB of 32 per chip with
+  # it, 52 GiB with "dots"); parameters and AdamW moments FSDP-sharded over all devices.
+  c.model.image.remat = c.model.text.remat = "full"
+  c.mesh.update(data=1, fsdp=-1, model=1)
   # The paper's evaluations, if their TFDS data sets are prepared in config.input.data_dir
   # (training goes on without an evaluator whose data set is missing, with a warning).
   c.evals.imagenet = dict(type="zeroshot", dataset="imagenet2012", split="validation",

@@ -18,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from flip import cli
+from flip import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file; default: the workdir's config.json.", lock_config=True)
@@ -25,6 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir with checkpo
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _JSON = flags.DEFINE_string("json", None, "Also write the metrics to this JSON file.")
 flags.mark_flags_as_required(["workdir"])
+flags.adopt_module_key_flags(distributed)  # --coordinator_address etc. in --help
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
@@ -52,7 +54,8 @@ def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
   ckpt.close()
   step = int(state.step)
   batch = max(sharding.batch_ways(mesh), min(config.input.global_batch_size, 1024))
-  evaluators = evaluation.make_evaluators(config, encode.Encoder(model, tokenizer, mesh, batch))
+  evaluators = evaluation.make_evaluators(config, encode.Encoder(
+      model, tokenizer, mesh, batch, config.logical_axis_rules))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   results = {}
   for name, evaluator in evaluators.items():
@@ -71,15 +74,17 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
   from flip import checkpoint  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize()  # a multi-process run: joins it, before any other JAX use
     config = _CONFIG.value if _CONFIG.value is not None else checkpoint.read_config(_WORKDIR.value)
     results = evaluate(config, _WORKDIR.value, _STEP.value)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, ConnectionError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for key, value in results.items():
     print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-  if _JSON.value:
+  import jax  # pylint: disable=g-import-not-at-top
+  if _JSON.value and jax.process_index() == 0:  # every process has the same metrics
     with open(_JSON.value, "w") as f:
       json.dump(results, f, indent=2)
 

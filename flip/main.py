@@ -10,6 +10,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from flip import cli
+from flip import distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/demo.py or configs/vitl16_mask50.py:local.",
@@ -17,6 +18,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; a run "
                                "resumes from its latest checkpoint here.")
 flags.mark_flags_as_required(["config", "workdir"])
+flags.adopt_module_key_flags(distributed)  # --coordinator_address etc. in --help
 
 
 def main(argv):
@@ -27,8 +29,10 @@ def main(argv):
   from flip import train  # pylint: disable=g-import-not-at-top
   logging.info("Config:\n%s", _CONFIG.value)
   try:
+    distributed.initialize()  # a multi-process run: joins it, before any other JAX use
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, PermissionError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, PermissionError, FloatingPointError,
+          ConnectionError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -38,7 +38,9 @@ _DEVICES = flags.DEFINE_integer("devices", None, "Number of devices (instead of 
 _HBM = flags.DEFINE_float("hbm_gib", None, "Memory per device in GiB (instead of --target).")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh sizes, e.g. 'fsdp=-1' or 'data=16,fsdp=8' "
                             "(default: the recipe's config.mesh).")
-_REMAT = flags.DEFINE_list("remat", ["none", "dots", "full"], "Policies to compile (both towers).")
+_REMAT = flags.DEFINE_list("remat", ["none", "dots", "full"],
+                           "Policies to compile: POLICY for both towers or IMAGE/TEXT, e.g. "
+                           "full/none (none, dots, full).")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch size (default: the recipe's).")
 _JSON = flags.DEFINE_string("json", None, "Also write the table to this JSON file.")
 flags.mark_flags_as_required(["config"])
@@ -90,11 +92,12 @@ def main(argv):
         f"({config.input.global_batch_size // sharding.batch_ways(mesh)} per batch shard); "
         f"{config.model.dtype}; mesh {dict(mesh.shape)} on {devices} devices"
         + (f" with {hbm_gib:g} GiB each" if hbm_gib else ""))
-  print(f"{'remat':>6} {'params':>8} {'opt state':>10} {'temps':>8} {'peak':>8}  (GiB per device)"
+  print(f"{'remat':>9} {'params':>8} {'opt state':>10} {'temps':>8} {'peak':>8}  (GiB per device)"
         + ("  fits" if hbm_gib else ""))
   rows = []
   for policy in _REMAT.value:
-    config.model.image.remat = config.model.text.remat = policy
+    image, _, text = policy.partition("/")
+    config.model.image.remat, config.model.text.remat = image, text or image
     _, _, abstract, step_fn = train_step.build(config, mesh)
     compiled = step_fn.lower(abstract, train_step.abstract_batch(config, mesh)).compile()
     r = memory.report(compiled, abstract)
@@ -104,7 +107,7 @@ def main(argv):
     if hbm_gib:
       row["fits"] = r.peak <= hbm_gib * memory.GIB
       fits = f"  {'yes' if row['fits'] else 'no'} ({100 * gib['peak'] / hbm_gib:.0f}%)"
-    print(f"{policy:>6} {gib['params']:>8.2f} {gib['opt_state']:>10.2f} "
+    print(f"{policy:>9} {gib['params']:>8.2f} {gib['opt_state']:>10.2f} "
           f"{gib['temporaries']:>8.2f} {gib['peak']:>8.2f}{fits}", flush=True)
     rows.append(row)
   if _JSON.value:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from flip.evaluation import encode
 from flip.evaluation import linear_probe
@@ -29,4 +32,21 @@ def make_evaluators(config: ml_collections.ConfigDict, encoder: encode.Encoder,
       if not missing_ok:
         raise
       logging.warning("Evaluator %s is left out: %s Training goes on without it.", name, e)
+  if jax.process_count() > 1:
+    _check_same_everywhere(config, evaluators)
   return evaluators
+
+
+def _check_same_everywhere(config: ml_collections.ConfigDict, evaluators: dict) -> None:
+  """Every process must run the same evaluators (they are collectives): a data set present on
+  some hosts only would otherwise hang the run at its first evaluation."""
+  names = sorted(config.evals)
+  have = np.asarray(multihost_utils.process_allgather(
+      np.array([name in evaluators for name in names], np.int32)))
+  for j, name in enumerate(names):
+    if have[:, j].any() and not have[:, j].all():
+      raise FileNotFoundError(
+          f"Evaluator {name}'s data set was found by process(es) "
+          f"{np.flatnonzero(have[:, j]).tolist()} but not by "
+          f"{np.flatnonzero(have[:, j] == 0).tolist()}: put evaluation data sets in a "
+          "config.input.data_dir that every host sees (e.g. gs://bucket/tensorflow_datasets).")
