@@ -20,13 +20,13 @@ class Checkpointer:
   mid-save leaves the previous checkpoint intact and readable.
   """
 
-  def __init__(self, workdir: str, every_steps: int, keep: int):
+  def __init__(self, workdir: str, every_steps: int = 1, keep: int = 1, read_only: bool = False):
     self.directory = epath.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(
-            save_interval_steps=every_steps, max_to_keep=keep, create=True,
-            cleanup_tmp_directories=True))
+            save_interval_steps=every_steps, max_to_keep=keep, create=not read_only,
+            cleanup_tmp_directories=not read_only, read_only=read_only))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -45,6 +45,21 @@ class Checkpointer:
       args["data"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"], (restored["data"] if has_data else None)
+
+  def restore_params(self, abstract_params, step: int | None = None):
+    """Only the parameters of a step (default: the newest), into `abstract_params`' shapes,
+    dtypes and shardings; the optimizer state is not read."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.manager.all_steps():
+      raise FileNotFoundError(
+          f"No checkpoint {'at step %d ' % step if step is not None else ''}in {self.directory} "
+          f"(steps there: {list(self.manager.all_steps())}).")
+    logging.info("Restoring the parameters of checkpoint %s/%d", self.directory, step)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params},
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract_params}),
+        partial_restore=True)))
+    return restored["state"]["params"]
 
   def save(self, step: int, state, data: dict | None = None, force: bool = False) -> bool:
     """Saves the train state and, as JSON, where the input stream is (`data`)."""

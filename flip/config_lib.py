@@ -8,7 +8,10 @@ built, so a wrong or missing field stops the run at once with a message saying w
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -112,6 +115,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.stop_at_step = 0  # >0: save and exit after this step (schedule unchanged); for time-limited jobs
 
+  # "pretrain" (from scratch or init_from) or "tune" (unmasked tuning: init_from required).
+  c.stage = "pretrain"
+  # A training workdir whose parameters start this run (step 0, fresh optimizer state); a resumed
+  # run ignores it and continues from its own checkpoint. init_step: its step (None: newest).
+  c.init_from = config_dict.placeholder(str)
+  c.init_step = config_dict.placeholder(int)
+
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1: all remaining devices
   c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
 
@@ -150,6 +160,31 @@ def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
   c.evals.coco = dict(type="retrieval", dataset="coco_captions", split="test",
                       text_key="captions/text", every_steps=5000)
   return c
+
+
+def tuning_config(size: str) -> ml_collections.ConfigDict:
+  """The paper's unmasked tuning after pretraining (REFERENCE.md): mask 0, 64k batch, base lr
+  4e-8 (1.024e-5 at 64k), warmup 25.6M samples, cosine over 0.32 epoch of LAION-400M (~128M
+  samples), optimizer state reset; parameters from config.init_from (a pretraining workdir)."""
+  c = paper_config(size, mask_ratio=0.0)
+  c.stage = "tune"
+  c.optim.base_lr = 4e-8
+  c.optim.warmup_samples = 25_600_000
+  c.total_samples = 128_000_000
+  c.checkpoint_every_steps = 500
+  for ev in c.evals.values():
+    ev.every_steps = 1000
+  return c
+
+
+def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a recipe file, e.g. to build one recipe on another."""
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  if module_spec is None or not os.path.exists(path):
+    raise FileNotFoundError(f"No recipe file {path}.")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -227,6 +262,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"Config is missing field(s) {missing}. Build recipes on "
                      "flip.config_lib.base_config(), which defines every field.")
   spec.parse(config.input.data)  # the format of config.input.data; files are checked later
+  if config.stage not in ("pretrain", "tune"):
+    raise ValueError(f"config.stage={config.stage!r}: use 'pretrain' or 'tune'.")
+  if config.stage == "tune" and not config.init_from:
+    raise ValueError("config.stage='tune' starts from a pretrained run: set "
+                     "--config.init_from=<the pretraining workdir>.")
   if not 0.0 <= config.mask_ratio < 1.0:
     raise ValueError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
   image = config.model.image

@@ -29,44 +29,6 @@ flags.mark_flags_as_required(["workdir"])
 flags.adopt_module_key_flags(distributed)  # --coordinator_address etc. in --help
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
-  """{evaluator/metric: value} of a checkpoint of `workdir` under `config.evals`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from flip import checkpoint, evaluation, optim, sharding, train_step  # pylint: disable=g-import-not-at-top
-  from flip.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  from flip.evaluation import encode  # pylint: disable=g-import-not-at-top
-  from flip.models import flip as flip_lib  # pylint: disable=g-import-not-at-top
-
-  if not config.evals:
-    raise ValueError("config.evals declares no evaluator: add one, e.g. "
-                     "--config=configs/demo.py, or see the README's evaluation section.")
-  mesh = sharding.make_mesh(config.mesh)
-  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
-  tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
-  model = flip_lib.from_config(config.model)
-  ckpt = checkpoint.Checkpointer(workdir, 1, 1)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first, or point "
-                            "--workdir at a training run.")
-  _, abstract = train_step.init_state(config, model, optim.make(config), mesh)
-  state, _ = ckpt.restore(abstract, step)
-  ckpt.close()
-  step = int(state.step)
-  batch = max(sharding.batch_ways(mesh), min(config.input.global_batch_size, 1024))
-  evaluators = evaluation.make_evaluators(config, encode.Encoder(
-      model, tokenizer, mesh, batch, config.logical_axis_rules))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  results = {}
-  for name, evaluator in evaluators.items():
-    metrics = {f"{name}/{k}": v for k, v in evaluator(state.params).items()}
-    writer.write_scalars(step, metrics)
-    results.update(metrics)
-  writer.flush()
-  results["step"] = step
-  return results
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
@@ -76,7 +38,8 @@ def main(argv):
   try:
     distributed.initialize()  # a multi-process run: joins it, before any other JAX use
     config = _CONFIG.value if _CONFIG.value is not None else checkpoint.read_config(_WORKDIR.value)
-    results = evaluate(config, _WORKDIR.value, _STEP.value)
+    from flip import evaluation  # pylint: disable=g-import-not-at-top
+    results = evaluation.evaluate_checkpoint(config, _WORKDIR.value, _STEP.value)
   except (ValueError, FileNotFoundError, ConnectionError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

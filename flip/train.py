@@ -15,6 +15,7 @@ from flip import checkpoint
 from flip import config_lib
 from flip import evaluation
 from flip import memory
+from flip import pretrained
 from flip import sharding
 from flip import train_step as train_step_lib
 from flip.data import pipeline
@@ -78,7 +79,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from step %d of %d (input: %s).", int(state.step), total_steps,
                  input_state)
   else:
-    state = init_fn(init_rng)
+    # A new run: random parameters, or those of config.init_from (e.g. unmasked tuning).
+    params = (pretrained.load_params(config, mesh, abstract_state.params) if config.init_from
+              else None)
+    state = init_fn(init_rng, params)
     input_state = pipeline.InputState.start(len(pipeline.parse_sources(config)))
   start_step = int(state.step)
   last_saved = ckpt.latest_step()
@@ -116,6 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return time.time() - start
 
   timer_step, timer_start = start_step, time.time()
+  train_seconds = 0.0  # wall-clock of training (input + steps, not evaluation) in this process
   for step in range(start_step + 1, end_step + 1):
     host_batch = next(batches)
     input_state.update(host_batch)
@@ -130,11 +135,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(float(metrics["loss"]), step, last_saved)
     if is_log:
       elapsed = time.time() - timer_start
+      train_seconds += elapsed
       steps_per_sec = (step - timer_step) / max(elapsed, 1e-9)
       timer_step, timer_start = step, time.time()
       scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
       scalars.update({"train/steps_per_sec": steps_per_sec,
                       "train/images_per_sec": steps_per_sec * batch_size,
+                      "train/seconds": train_seconds,
                       "data/skipped": pipeline.total_skipped(input_state)})
       writer.write_scalars(step, scalars)
       summary.update(scalars)

@@ -33,7 +33,8 @@ class TrainState:
 
 def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
                tx: optax.GradientTransformation, mesh: Mesh):
-  """Returns (init_fn, abstract_state): init_fn(rng) creates the state already sharded."""
+  """Returns (init_fn, abstract_state): init_fn(rng) creates the state already sharded;
+  init_fn(rng, params) starts from given params instead (step 0, fresh optimizer state)."""
   size, text_len = config.input.image_size, config.input.text_len
 
   def boxed_init(rng):
@@ -46,7 +47,15 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
                                          required=transformer.ACTIVATION_AXES)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           nn.unbox(boxed), shardings)
-  init_fn = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
+  from_rng = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
+  from_params = jax.jit(
+      lambda params: TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=tx.init(params)),
+      in_shardings=(shardings.params,), out_shardings=shardings)
+
+  def init_fn(rng, params=None):
+    return from_rng(rng) if params is None else from_params(params)
+
   return init_fn, abstract
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
@@ -12,6 +13,18 @@ from flip import config_lib
 from flip import sharding
 from flip.data import tokenizer as tokenizer_lib
 from flip.models import flip as flip_lib
+
+
+MASK_SEED = 1234
+
+
+def mask_ratio(ev: ml_collections.ConfigDict) -> float:
+  """An evaluator's `mask_ratio` option: 0 (default) evaluates full images, as the paper does
+  after training; e.g. 0.5 evaluates with half the patches dropped (masked inference)."""
+  ratio = float(ev.get("mask_ratio", 0.0))
+  if not 0.0 <= ratio < 1.0:
+    raise ValueError(f"Evaluator option mask_ratio={ratio} must be in [0, 1).")
+  return ratio
 
 
 class Encoder:
@@ -29,14 +42,18 @@ class Encoder:
     self.batch_size = max(ways, batch_size // ways * ways)
     out = sharding.replicated(mesh)
 
-    def jit(method):  # activations sharded like in training (config.logical_axis_rules)
-      return jax.jit(sharding.with_activation_rules(
-          functools.partial(model.apply, method=method), mesh, rules), out_shardings=out)
+    def jit(fn, **kwargs):  # activations sharded like in training (config.logical_axis_rules)
+      return jax.jit(sharding.with_activation_rules(fn, mesh, rules), out_shardings=out,
+                     **kwargs)
 
-    self._image = jit(flip_lib.FLIP.encode_image)
-    self._text = jit(flip_lib.FLIP.encode_text)
+    def encode_image(variables, images, rng, mask_ratio):
+      return model.apply(variables, images, mask_ratio, method=flip_lib.FLIP.encode_image,
+                         rngs={"mask": rng})
 
-  def _run(self, fn, params, data: np.ndarray) -> np.ndarray:
+    self._image = jit(encode_image, static_argnames="mask_ratio")
+    self._text = jit(functools.partial(model.apply, method=flip_lib.FLIP.encode_text))
+
+  def _run(self, fn, params, data: np.ndarray, **kwargs) -> np.ndarray:
     n = len(data)
     local = self.batch_size // jax.process_count()
     start = jax.process_index() * local
@@ -47,11 +64,15 @@ class Encoder:
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
       batch = sharding.global_batch({"x": chunk[start:start + local]}, self.mesh)["x"]
-      outputs.append(np.asarray(fn({"params": params}, batch))[:len(chunk) - pad])
+      if "mask_ratio" in kwargs:  # a fixed, per-batch mask rng: evaluations are repeatable
+        kwargs["rng"] = jax.random.fold_in(jax.random.key(MASK_SEED), i // self.batch_size)
+      outputs.append(np.asarray(fn({"params": params}, batch, **kwargs))[:len(chunk) - pad])
     return np.concatenate(outputs)
 
-  def images(self, params, images: np.ndarray) -> np.ndarray:
-    return self._run(self._image, params, images)
+  def images(self, params, images: np.ndarray, mask_ratio: float = 0.0) -> np.ndarray:
+    """Image embeddings; mask_ratio > 0 drops that share of the patches (masked inference,
+    the paper's ablation), with masks fixed per batch position so results repeat."""
+    return self._run(self._image, params, images, mask_ratio=float(mask_ratio))
 
   def texts(self, params, texts: list[str]) -> np.ndarray:
     return self._run(self._text, params, self.tokenizer(texts))

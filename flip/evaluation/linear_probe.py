@@ -13,7 +13,8 @@ from flip.evaluation import metrics
 class LinearProbe:
   """Config: dataset, train_split ("train"), test_split ("test"), label_key ("label"),
   image_key, data_dir, max_train_examples (50,000), max_test_examples, shots (k-shot variants,
-  e.g. (1, 5, 10)), full (True: also the probe on all the training features), l2_regs, seed."""
+  e.g. (1, 5, 10)), full (True: also the probe on all the training features), l2_regs, seed,
+  mask_ratio (0: full images; >0: features of masked images)."""
 
   def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                encoder: encode.Encoder):
@@ -32,11 +33,12 @@ class LinearProbe:
     self.full = ev.get("full", True)
     self.l2_regs = tuple(ev.get("l2_regs", (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)))
     self.seed = ev.get("seed", 0)
+    self.mask_ratio = encode.mask_ratio(ev)
 
   def _features(self, params, split: data_lib.EvalSplit):
     feats, labels = [], []
     for chunk in split.chunks():
-      feats.append(self.encoder.images(params, chunk["image"]))
+      feats.append(self.encoder.images(params, chunk["image"], self.mask_ratio))
       labels.append(chunk[self.label_key])
     return np.concatenate(feats), np.concatenate(labels)
 

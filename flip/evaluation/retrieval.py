@@ -13,12 +13,13 @@ from flip.evaluation import metrics
 class Retrieval:
   """Config: dataset, split, text_key ("captions"; e.g. "captions/text" for coco_captions),
   image_key, data_dir, captions_per_image (5: extra ones are cut, empty ones dropped),
-  max_examples, ks ((1, 5, 10))."""
+  max_examples, ks ((1, 5, 10)), mask_ratio (0: full images; >0: masked inference)."""
 
   def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                encoder: encode.Encoder):
     self.encoder = encoder
     self.ks = tuple(ev.get("ks", (1, 5, 10)))
+    self.mask_ratio = encode.mask_ratio(ev)
     text_key = ev.get("text_key", "captions")
     data = data_lib.EvalSplit(
         ev.dataset, ev.get("split", "test"), ev.get("data_dir") or config.input.data_dir,
@@ -35,6 +36,6 @@ class Retrieval:
     self.text_to_image = image_of[keep]
 
   def __call__(self, params) -> dict[str, float]:
-    return metrics.retrieval(self.encoder.images(params, self.images),
+    return metrics.retrieval(self.encoder.images(params, self.images, self.mask_ratio),
                              self.encoder.texts(params, self.captions), self.text_to_image,
                              self.ks)

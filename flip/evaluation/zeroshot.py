@@ -23,7 +23,8 @@ class ZeroShot:
 
   Config: dataset, split, label_key ("label"), image_key ("image"), data_dir, templates ("short":
   CLIP's 7, "clip80": its 80, or a list), class_names (None: the data set's; "imagenet": CLIP's
-  curated ImageNet names; or a list), max_examples.
+  curated ImageNet names; or a list), max_examples, mask_ratio (0: full images; >0: masked
+  inference, the paper's ablation).
   """
 
   def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -37,11 +38,12 @@ class ZeroShot:
     self.class_names = prompts.class_names(ev.get("class_names"),
                                            self.data.class_names(self.label_key))
     self.templates = prompts.templates(ev.get("templates", "short"))
+    self.mask_ratio = encode.mask_ratio(ev)
 
   def __call__(self, params) -> dict[str, float]:
     class_emb = class_embeddings(self.encoder, params, self.class_names, self.templates)
     scores, labels = [], []
     for chunk in self.data.chunks():
-      scores.append(self.encoder.images(params, chunk["image"]) @ class_emb.T)
+      scores.append(self.encoder.images(params, chunk["image"], self.mask_ratio) @ class_emb.T)
       labels.append(chunk[self.label_key])
     return metrics.classification(np.concatenate(scores), np.concatenate(labels), ks=(1, 5))

@@ -1,0 +1,14 @@
+"""Unmasked tuning of a FLIP B/16 pretraining run (the paper's second stage; see
+flip.config_lib.tuning_config): mask 0, base lr 4e-8, ~128M samples, fresh optimizer state.
+
+python -m flip.main --config=configs/vitb16_unmasked_tuning.py --workdir=gs://BUCKET/vitb16_tuned \
+    --config.init_from=gs://BUCKET/vitb16_mask50 \
+    --config.input.data='wds:gs://BUCKET/laion400m/{00000..41407}.tar'
+Append :local to the config path to run the same recipe shrunk on one CPU.
+"""
+
+from flip import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.apply_arg(config_lib.tuning_config("B/16"), arg)

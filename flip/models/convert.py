@@ -1,0 +1,94 @@
+"""Maps the parameters of one FLIP onto another: a pretrained checkpoint onto the model of a
+later stage (unmasked tuning, another resolution or text length, scanned or unrolled blocks).
+
+- Image resolution / patch grid: nothing to map; the image position embedding is fixed sin-cos
+  and is recomputed for the grid of every input (flip.models.vit.sincos_2d).
+- Text length: the learned position embedding is resampled (linear interpolation) when
+  config.model.text.max_len differs.
+- Block layout: scanned (`encoder/blocks/...` stacked on a leading axis) and unrolled
+  (`encoder/blockNN/...`) towers convert into each other.
+Anything else that differs (width, depth, patch size, vocabulary, ...) is an error naming the
+parameter and both shapes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESAMPLED = ("text/pos_embed",)
+
+
+def _path(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _layout(encoder: dict) -> str:
+  return "scanned" if "blocks" in encoder else "unrolled"
+
+
+def _to_layout(encoder: dict, layout: str) -> dict:
+  """An encoder's params in the `layout` ("scanned" or "unrolled")."""
+  if _layout(encoder) == layout:
+    return encoder
+  if layout == "scanned":
+    names = sorted(k for k in encoder if re.fullmatch(r"block\d+", k))
+    rest = {k: v for k, v in encoder.items() if k not in names}
+    return {**rest, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *[encoder[n] for n in names])}
+  rest = {k: v for k, v in encoder.items() if k != "blocks"}
+  depth = jax.tree.leaves(encoder["blocks"])[0].shape[0]
+  return {**rest, **{f"block{i:02d}": jax.tree.map(lambda x, i=i: x[i], encoder["blocks"])
+                     for i in range(depth)}}
+
+
+def resample_rows(table: jax.Array, rows: int) -> jax.Array:
+  """A [n, d] embedding table linearly resampled to [rows, d] (end points kept)."""
+  n = table.shape[0]
+  if n == rows:
+    return table
+  if n == 1:
+    return jnp.repeat(table, rows, axis=0)
+  pos = np.linspace(0.0, n - 1.0, rows)
+  lo = np.floor(pos).astype(np.int32)
+  hi = np.minimum(lo + 1, n - 1)
+  frac = jnp.asarray(pos - lo, table.dtype)[:, None]
+  return table[lo] * (1 - frac) + table[hi] * frac
+
+
+def adapt(source: dict, target_abstract: dict) -> dict:
+  """`source` params reshaped to the structure and shapes of `target_abstract` (ShapeDtypeStructs
+  or arrays); raises ValueError, naming the parameters, where they cannot be mapped."""
+  source = dict(source)
+  for tower in ("image", "text"):
+    if tower in source and tower in target_abstract:
+      layout = _layout(target_abstract[tower]["encoder"])
+      source[tower] = {**source[tower],
+                       "encoder": _to_layout(dict(source[tower]["encoder"]), layout)}
+  src = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
+  tgt_leaves, treedef = jax.tree_util.tree_flatten_with_path(target_abstract)
+  tgt = {_path(p): x for p, x in tgt_leaves}
+  missing, extra = sorted(set(tgt) - set(src)), sorted(set(src) - set(tgt))
+  if missing or extra:
+    raise ValueError(
+        "The checkpoint's parameters do not match this model's: "
+        + (f"missing from the checkpoint {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+           if missing else "")
+        + (f"not in this model {extra[:5]}{' ...' if len(extra) > 5 else ''}; " if extra else "")
+        + "set config.model (depth, sizes) to the pretrained model's.")
+  out = []
+  for path, want in tgt_leaves:
+    name, x = _path(path), src[_path(path)]
+    if x.shape != want.shape:
+      if name in RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
+        x = resample_rows(x, want.shape[0])
+      else:
+        raise ValueError(
+            f"Cannot map the checkpoint's {name} of shape {tuple(x.shape)} onto this model's "
+            f"{tuple(want.shape)}: only the text position embedding's length is resampled (the "
+            "image position embedding is recomputed for any resolution); set config.model to "
+            "the pretrained model's sizes (width, heads, depth, patch size, vocabulary).")
+    out.append(jnp.asarray(x, want.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,61 @@
+"""tools/two_stage.py (pretrain, then unmasked tuning) and tools/tradeoff.py (accuracy vs.
+wall-clock per mask ratio), each run end to end on the :local demo with tiny budgets."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(args, timeout=600):
+  result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stdout
+
+
+def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path):
+  workdir = tmp_path / "two"
+  out = run_tool(["tools/two_stage.py", f"--workdir={workdir}",
+                  "--pretrain=configs/demo.py:local", "--tune=configs/demo_unmasked_tuning.py:local",
+                  f"--pretrain.input.data_dir={shapes_data_dir}",
+                  f"--tune.input.data_dir={shapes_data_dir}", "--tune.total_steps=4"])
+  table = json.loads((workdir / "two_stage.json").read_text())
+  assert list(table) == ["pretrained (mask 0.5)", "masked inference (0.5)", "unmasked tuning"]
+  assert table["pretrained (mask 0.5)"]["step"] == 20 and table["unmasked tuning"]["step"] == 4
+  for column in table.values():
+    assert 0 <= column["zeroshot/top1"] <= 1 and "retrieval/i2t_recall@1" in column
+  assert "zeroshot/top1" in out and "unmasked tuning" in out
+  tuned_config = json.loads((workdir / "tune" / "config.json").read_text())
+  assert tuned_config["init_from"] == str(workdir / "pretrain")
+  assert tuned_config["mask_ratio"] == 0.0 and tuned_config["stage"] == "tune"
+
+
+def test_two_stage_refuses_a_masked_tuning_recipe(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "tools/two_stage.py", f"--workdir={tmp_path}", "--tune=configs/demo.py"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "not an unmasked tuning recipe" in result.stderr
+
+
+def test_tradeoff_writes_table_curve_and_plot(shapes_data_dir, tmp_path):
+  out = tmp_path / "tradeoff"
+  run_tool(["tools/tradeoff.py", "--config=configs/demo.py:local",
+            "--tune=configs/demo_unmasked_tuning.py:local",
+            f"--config.input.data_dir={shapes_data_dir}",
+            f"--tune.input.data_dir={shapes_data_dir}", "--budget_s=3", "--masks=0,0.75",
+            "--calib_steps=6", "--evals=2", f"--workdir={tmp_path / 'runs'}", f"--out={out}"])
+  rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+  assert [r["mask_ratio"] for r in rows] == [0.0, 0.75]
+  for r in rows:
+    seconds = [s for s, _ in r["curve"]]
+    assert len(r["curve"]) >= 2 and seconds == sorted(seconds) and 0 < seconds[-1] < 30
+    assert r["steps"] >= 2 and r["images"] == 32 * r["steps"]
+  assert "masked_inference_top1" not in rows[0] and "tuned_top1" not in rows[0]
+  assert 0 <= rows[1]["masked_inference_top1"] <= 1 and rows[1]["tune_steps"] >= 2
+  assert rows[1]["steps_per_s"] > rows[0]["steps_per_s"]  # 75% masking: faster steps
+  table = out.with_suffix(".md").read_text()
+  assert table.count("\n") == 4 and "| 75% |" in table
+  assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
