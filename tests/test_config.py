@@ -1,7 +1,6 @@
 """Recipes load and carry the paper's numbers; bad configs stop with a clear message."""
 
 import glob
-import importlib.util
 import os
 
 import ml_collections
@@ -13,11 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 
 
-def load(path, arg=None):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+load = config_lib.load_recipe
 
 
 def test_all_recipes_present():
@@ -28,6 +23,8 @@ def test_all_recipes_present():
 @pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
 def test_local_arg_shrinks_every_recipe_to_a_valid_cpu_config(path):
   c = load(path, "local")
+  if c.stage == "tune":  # tuning recipes need the run they start from
+    c.init_from = "/tmp/a_pretraining_run"
   config_lib.validate(c)
   assert c.input.data == "tfds:flip_shapes" and c.input.image_size <= 32
   assert c.input.global_batch_size <= 64 and c.total_steps <= 50
