@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
@@ -11,6 +10,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from flip import config_lib
 
 
 class Checkpointer:
@@ -83,15 +84,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {workdir} is not a FLIP training workdir.")
-
-  def tuples(value):  # JSON has only lists; the configs use tuples (axis rules, templates, ...)
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-      return tuple(tuples(v) for v in value)
-    return value
-
-  return ml_collections.ConfigDict(tuples(json.loads(path.read_text())))
+  return config_lib.from_json(path.read_text())
 
 
 def check_writable(workdir: str) -> None:

@@ -9,6 +9,7 @@ built, so a wrong or missing field stops the run at once with a message saying w
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -175,6 +176,19 @@ def tuning_config(size: str) -> ml_collections.ConfigDict:
   for ev in c.evals.values():
     ev.every_steps = 1000
   return c
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+  """A config saved as JSON (a run's config.json), with lists turned back into tuples (the
+  configs use tuples: axis rules, templates, ...)."""
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
 def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

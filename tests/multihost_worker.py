@@ -151,12 +151,12 @@ def check_workdirs(out: str) -> None:
 def check_evaluators(out: str) -> None:
   """An evaluator whose data set only some processes found stops every process (it would
   otherwise hang the run at its first evaluation); writes the error each process got."""
-  from flip import evaluation  # TensorFlow: imported only here
+  from flip.evaluation import suite  # TensorFlow: imported only here
   config = tiny_config({})
   config.evals.zeroshot = dict(type="zeroshot", dataset="flip_shapes", every_steps=10)
   found = {"zeroshot": None} if jax.process_index() == 0 else {}
   try:
-    evaluation._check_same_everywhere(config, found)  # pylint: disable=protected-access
+    suite._check_same_everywhere(config, found)  # pylint: disable=protected-access
     error = None
   except FileNotFoundError as e:
     error = str(e)

@@ -1,0 +1,167 @@
+"""flip.inference: loading (workdir and export), encoders against direct model calls, zero-shot
+probabilities against a NumPy formula, search, export round trip, bad input; and the Colab
+notebook executed end to end."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from flip import checkpoint
+from flip import inference
+from flip import train_step
+from flip import sharding
+from flip.data import pipeline
+from flip.data import shapes
+from flip.models import flip as flip_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import demo  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A workdir as training leaves it: the :local demo model's state at step 5 + config.json."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = demo.get_config("local")
+  mesh = sharding.make_mesh(config.mesh)
+  _, init_fn, _, _ = train_step.build(config, mesh)
+  state = init_fn(jax.random.key(7))
+  ckpt = checkpoint.Checkpointer(workdir, 1, 2)
+  ckpt.save(5, state.replace(step=state.step + 5), force=True)
+  ckpt.close()
+  checkpoint.write_config(config, workdir)
+  return workdir, config, jax.tree.map(np.asarray, state.params)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  paths = []
+  for i in range(5):
+    path = folder / f"scene_{i}.png"
+    Image.fromarray(shapes.render_example("validation", i)["image"]).save(path)
+    paths.append(str(path))
+  return paths
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+  return inference.FLIPModel.load(run_dir[0], batch_size=4)
+
+
+def test_encoders_match_the_model_and_the_eval_transform(model, run_dir, images):
+  _, config, params = run_dir
+  net = flip_lib.from_config(config.model)
+  import tensorflow as tf
+  pixels = np.stack([pipeline.normalize(pipeline.center_crop(
+      tf.cast(pipeline.decode(tf.io.read_file(p)), tf.float32), 32)).numpy() for p in images])
+  want = net.apply({"params": params}, pixels, method=flip_lib.FLIP.encode_image)
+  got = model.encode_images(images)  # 5 images in batches of 4: one padded batch
+  assert got.shape == (5, config.model.embed_dim)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  arrays = [np.asarray(Image.open(p)) for p in images]
+  np.testing.assert_allclose(model.encode_images(arrays), got, atol=1e-6)  # arrays
+  np.testing.assert_allclose(model.encode_images([Image.open(p) for p in images]), got, atol=1e-6)
+  texts = ["a red circle", "a small blue square on stripes"]
+  want_t = net.apply({"params": params}, model.tokenizer(texts), method=flip_lib.FLIP.encode_text)
+  np.testing.assert_allclose(model.encode_texts(texts), want_t, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+
+
+def test_zero_shot_probabilities_match_a_numpy_formula(model, images):
+  names, templates = ["red circle", "blue square", "green star"], ["a {}.", "a photo of a {}."]
+  probs = model.zero_shot_classify(images, names, templates)
+  text = model.encode_texts([t.format(n) for n in names for t in templates]).reshape(3, 2, -1)
+  classes = text.mean(axis=1)
+  classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+  logits = model.logit_scale * model.encode_images(images) @ classes.T
+  want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+  np.testing.assert_allclose(probs, want, rtol=1e-4, atol=1e-6)
+  assert model.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # the untrained temperature
+
+
+def test_search_ranks_by_similarity(model, images):
+  emb = model.encode_images(images)
+  # An image query (a path given as pathlib.Path: a str is a text query) finds itself first.
+  indices, scores = model.search(pathlib.Path(images[3]), emb, k=3)
+  assert indices[0] == 3 and scores[0] == pytest.approx(1.0, abs=1e-5)
+  indices, scores = model.search("a red circle", emb, k=10)
+  want = emb @ model.encode_texts(["a red circle"])[0]
+  assert list(indices) == list(np.argsort(-want, kind="stable")) and len(indices) == 5
+  np.testing.assert_allclose(scores, want[indices], rtol=1e-6)
+
+
+def test_export_round_trip_gives_identical_embeddings(model, run_dir, images, tmp_path):
+  path = str(tmp_path / "demo.flip")
+  result = subprocess.run([sys.executable, "tools/export.py", f"--workdir={run_dir[0]}",
+                           f"--out={path}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  exported = inference.FLIPModel.load(path, batch_size=4)
+  np.testing.assert_array_equal(exported.encode_images(images), model.encode_images(images))
+  np.testing.assert_array_equal(exported.encode_texts(["a red circle"]),
+                                model.encode_texts(["a red circle"]))
+  # Loading the export needs no checkpointing or optimizer code at all.
+  code = ("import sys; sys.modules['orbax'] = sys.modules['optax'] = None\n"
+          "from flip import inference\n"
+          f"m = inference.FLIPModel.load({path!r})\n"
+          "print(m.encode_texts(['a red circle']).shape)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0 and "(1, 32)" in result.stdout, result.stderr[-3000:]
+
+
+def test_bad_input_names_the_input(model, run_dir, tmp_path):
+  with pytest.raises(FileNotFoundError, match="nothing_here.*neither a FLIP training workdir"):
+    inference.FLIPModel.load(str(tmp_path / "nothing_here"))
+  empty_run = tmp_path / "empty_run"
+  empty_run.mkdir()
+  (empty_run / "config.json").write_text(open(os.path.join(run_dir[0], "config.json")).read())
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    inference.FLIPModel.load(str(empty_run))
+  not_zip = tmp_path / "model.flip"
+  not_zip.write_bytes(b"not a zip file")
+  with pytest.raises(ValueError, match="model.flip is not a FLIP model export"):
+    inference.FLIPModel.load(str(not_zip))
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"<html>not an image</html>")
+  with pytest.raises(ValueError, match=r"Cannot read image .*broken.jpg.* \(input 0\)"):
+    model.encode_images([str(broken)])
+  with pytest.raises(ValueError, match="Cannot read image .*missing.png"):
+    model.encode_images([str(tmp_path / "missing.png")])
+  with pytest.raises(ValueError, match=r"Image 1 has shape \(4, 4, 5\)"):
+    model.encode_images([np.zeros((8, 8, 3)), np.zeros((4, 4, 5))])
+  with pytest.raises(ValueError, match="class_names must be a non-empty list"):
+    model.zero_shot_classify([np.zeros((8, 8, 3))], [])
+  with pytest.raises(ValueError, match="no images"):
+    model.encode_images([])
+  with pytest.raises(ValueError, match="no texts"):
+    model.encode_texts([])
+
+
+@pytest.mark.parametrize("source", ["workdir", "export"])
+def test_notebook_runs_end_to_end(run_dir, tmp_path, monkeypatch, source):
+  """notebooks/flip_inference.ipynb, executed in a fresh kernel with no network."""
+  import nbclient
+  import nbformat
+  model_path = run_dir[0]
+  if source == "export":
+    model_path = inference.export(run_dir[0], str(tmp_path / "demo.flip"))
+  monkeypatch.setenv("FLIP_MODEL", model_path)
+  monkeypatch.delenv("FLIP_IMAGE_DIR", raising=False)
+  monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures as PNG
+  monkeypatch.setenv("PYTHONPATH", ROOT)
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "flip_inference.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert f"Loaded {model_path}" in text and "12 images in" in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the four figures
