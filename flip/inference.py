@@ -181,10 +181,7 @@ class FLIPModel:
     """One embedding per class: the normalised mean of its prompts' embeddings (CLIP's)."""
     if isinstance(class_names, str) or len(class_names) == 0:
       raise ValueError("class_names must be a non-empty list of names, e.g. ['cat', 'dog'].")
-    templates = prompts.templates(templates)
-    emb = self.encode_texts([t.format(name) for name in class_names for t in templates])
-    emb = emb.reshape(len(class_names), len(templates), -1).mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    return prompts.class_embeddings(self.encode_texts, class_names, prompts.templates(templates))
 
   def zero_shot_classify(self, images, class_names: Sequence[str],
                          templates: str | Sequence[str] = "short") -> np.ndarray:

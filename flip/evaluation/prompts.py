@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 # The lists below are transcribed from OpenAI CLIP (MIT license, Copyright (c) 2021 OpenAI):
 # notebooks/Prompt_Engineering_for_ImageNet.ipynb in https://github.com/openai/CLIP.
 # CLIP_TEMPLATES and IMAGENET_CLASSNAMES are that notebook's `imagenet_templates` and
@@ -319,3 +321,11 @@ def class_names(spec: str | Sequence[str] | None, dataset_names: list[str]) -> l
     raise ValueError(f"The list of class names has {len(names)} names but the dataset has {n} "
                      "classes.")
   return names
+
+
+def class_embeddings(encode_texts, class_names, templates) -> np.ndarray:
+  """CLIP's prompt ensembling: per class, the mean of its prompts' normalised embeddings,
+  normalised again: [classes, d]. encode_texts: list of str -> normalised [n, d] embeddings."""
+  texts = [t.format(name) for name in class_names for t in templates]
+  emb = np.asarray(encode_texts(texts)).reshape(len(class_names), len(templates), -1).mean(axis=1)
+  return emb / np.linalg.norm(emb, axis=-1, keepdims=True)

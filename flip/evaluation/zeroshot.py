@@ -13,9 +13,8 @@ from flip.evaluation import prompts
 
 def class_embeddings(encoder: encode.Encoder, params, class_names, templates) -> np.ndarray:
   """Mean of the normalised prompt embeddings of each class, normalised again: [classes, d]."""
-  texts = [t.format(name) for name in class_names for t in templates]
-  emb = encoder.texts(params, texts).reshape(len(class_names), len(templates), -1).mean(axis=1)
-  return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  return prompts.class_embeddings(lambda texts: encoder.texts(params, texts), class_names,
+                                  templates)
 
 
 class ZeroShot:
