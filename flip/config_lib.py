@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Sample-level shuffle buffer (encoded records) within each group of cycle_length files; it is
   # refilled at each group's start, so a larger buffer mixes more but pauses longer there.
   c.input.shuffle_buffer = 20_000
+  c.input.prefetch_to_device = 2  # batches sent to the accelerators ahead of the step
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 4e-6  # per 256 samples: lr = base_lr * global_batch_size / 256
@@ -297,6 +298,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"config.model.text.max_len={config.model.text.max_len}.")
   if config.input.global_batch_size <= 0:
     raise ValueError("config.input.global_batch_size must be positive.")
+  if config.input.get("prefetch_to_device", 0) < 0:
+    raise ValueError(f"config.input.prefetch_to_device={config.input.prefetch_to_device} must "
+                     "be >= 0 (the batches sent ahead; 0 sends each when it is needed).")
   for name, ev in config.evals.items():
     if "type" not in ev or "every_steps" not in ev:
       raise ValueError(f"config.evals.{name} needs 'type' and 'every_steps' fields.")

@@ -53,4 +53,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from flip import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_huge_pages()  # before JAX starts
   app.run(main, flags_parser=cli.parse_flags)

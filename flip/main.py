@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from flip import cli
 from flip import distributed
+from flip import hostmem
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Recipe file, e.g. configs/demo.py or configs/vitl16_mask50.py:local.",
@@ -39,4 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # before JAX starts: see flip/hostmem.py
   app.run(main, flags_parser=cli.parse_flags)

@@ -102,8 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh)).compile()
   logging.info("Compiled train step: %s.", memory.report(step_fn, abstract_state))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
-  batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
-             if start_step < end_step else iter(()))
+  batches = pipeline.prefetch_to_device(
+      pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
+      if start_step < end_step else iter(()), mesh, config.input.get("prefetch_to_device", 2))
 
   summary: dict[str, float] = {}
 
@@ -122,9 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   timer_step, timer_start = start_step, time.time()
   train_seconds = 0.0  # wall-clock of training (input + steps, not evaluation) in this process
   for step in range(start_step + 1, end_step + 1):
-    host_batch = next(batches)
+    host_batch, batch = next(batches)
     input_state.update(host_batch)
-    batch = sharding.global_batch(pipeline.device_fields(host_batch), mesh)
     state, metrics = step_fn(state, batch)
     is_last = step == end_step
     is_log = step % config.log_every_steps == 0 or is_last

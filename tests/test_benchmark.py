@@ -5,23 +5,76 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from flip import hostmem
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import open_clip_peer  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def test_benchmark_reports_each_mask_ratio(tmp_path):
+def benchmark(tmp_path, *args, env=None):
   out = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
-       "--mask=0,0.75", "--steps=2", "--warmup=1", "--batch=16", f"--json={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+       "--steps=2", "--warmup=1", "--batch=16", f"--json={out}", *args],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=None if env is None else {**os.environ, **env})
+  return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_benchmark_reports_each_mask_ratio_with_mfu(tmp_path):
+  result, table = benchmark(tmp_path, "--mask=0,0.75")
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = json.loads(out.read_text())["rows"]
+  rows = table["rows"]
   assert [r["mask_ratio"] for r in rows] == [0.0, 0.75]
   assert all(r["step_s"] > 0 and r["images_per_s"] > 0 for r in rows)
   assert rows[0]["speedup"] == 1.0 and rows[0]["flops_ratio"] == 1.0
   # A quarter of the patches: the image tower's FLOPs drop by more than half.
   assert rows[1]["flops_ratio"] < 0.75
-  assert "speedup" in result.stdout
+  peak = table["measured_peak"]["flops_per_s"]
+  assert peak > 0 and table["datasheet_peak"] is None  # a CPU has no datasheet entry
+  for r in rows:
+    # MFU: the analytic model FLOP/s per device over the matmul peak measured in the same run.
+    assert r["mfu"] == pytest.approx(
+        r["model_flops_per_step"] / r["step_s"] / table["device_count"] / peak)
+    # The :local recipe rematerialises both towers: XLA counts the recomputation too.
+    assert 1.1 < r["xla_over_model_flops"] < 2.0
+  assert table["huge_pages"] == (hostmem.active() or hostmem.wanted())  # restarted with them
+  assert "MFU" in result.stdout and "speedup" in result.stdout
+
+
+@pytest.mark.skipif(not open_clip_peer.installed(), reason="pip install -r requirements-peer.txt")
+def test_benchmark_times_open_clip_beside_ours(tmp_path):
+  """open_clip's ViT-B-16 at the same (small) image size, batch and mask ratios."""
+  result, table = benchmark(tmp_path, "--mask=0,0.5", "--peer=open_clip",
+                            "--config.input.image_size=64", env={"XLA_FLAGS": ""})  # 1 device
+  assert result.returncode == 0, result.stderr[-3000:]
+  peer = table["peer"]
+  assert peer["model"] == "ViT-B-16"
+  assert [r["mask_ratio"] for r in peer["rows"]] == [0.0, 0.5]
+  assert all(r["batch"] == 16 and r["step_s"] > 0 for r in peer["rows"])
+  # ViT-B-16: 150M parameters (its text tower keeps a 49,408-token vocabulary).
+  assert 145e6 < peer["rows"][0]["params"] < 155e6
+  # 16 patches of 16 px + a class token; patch dropout keeps 8 of them.
+  assert peer["rows"][1]["flops_ratio"] < 0.75
+  for ours, theirs in zip(table["rows"], peer["rows"]):
+    assert ours["over_peer"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
+  assert "ours / open_clip" in result.stdout
+  # Ours on 8 (simulated) devices against one torch process would not be a comparison.
+  result, _ = benchmark(tmp_path, "--mask=0", "--peer=open_clip")
+  assert result.returncode != 0 and "one device" in result.stderr
+
+
+def test_benchmark_peer_missing_says_how_to_install(tmp_path):
+  fake = tmp_path / "fake"
+  fake.mkdir()
+  (fake / "open_clip.py").write_text("raise ImportError('no open_clip here')\n")
+  result, _ = benchmark(tmp_path, "--mask=0", "--peer=open_clip",
+                        env={"PYTHONPATH": f"{fake}{os.pathsep}{ROOT}", "XLA_FLAGS": ""})
+  assert result.returncode != 0
+  assert "requirements-peer.txt" in result.stderr + result.stdout
 
 
 def plan(tmp_path, *args):

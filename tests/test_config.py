@@ -64,6 +64,7 @@ def demo():
     (lambda c: setattr(c.input, "image_size", 30), "multiple of"),
     (lambda c: setattr(c.model.image, "num_heads", 3), "divisible by"),
     (lambda c: setattr(c.input, "text_len", 40), "max_len"),
+    (lambda c: setattr(c.input, "prefetch_to_device", -1), "prefetch_to_device"),
     (lambda c: c.input.__delattr__("global_batch_size"), "missing field.*input.global_batch_size"),
 ])
 def test_validate_says_what_to_change(change, message):

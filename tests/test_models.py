@@ -2,6 +2,7 @@
 
 import math
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -129,3 +130,32 @@ def test_logit_scale_init_and_clip():
 def test_projections_have_no_bias():
   params, _, _ = init(tiny_model())
   assert set(params["image_proj"]) == {"kernel"} and set(params["text_proj"]) == {"kernel"}
+
+
+def test_masking_before_the_patch_embedding_equals_masking_after_it(monkeypatch):
+  """The tower drops patches before embedding them; the same kept patches embedded first and
+  then gathered (MAE's order) give the same features."""
+  model = tiny_model()
+  params, images, _ = init(model)
+  kept = []
+  original = vit.random_masking
+
+  def recording(tokens, rng, ratio):
+    out, idx = original(tokens, rng, ratio)
+    kept.append(idx)
+    return out, idx
+
+  monkeypatch.setattr(vit, "random_masking", recording)
+  got = model.apply({"params": params}, images, 0.75, method=flip_lib.FLIP.encode_image,
+                    rngs={"mask": jax.random.key(7)})
+  (idx,) = kept
+  assert idx.shape == (3, 4)  # 16 patches of 4x4 in a 16x16 image, a quarter kept
+  image = params["image"]
+  patches = einops.rearrange(images, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=4, p2=4)
+  tokens = (patches @ image["patch_embed"]["kernel"] + image["patch_embed"]["bias"]
+            + vit.sincos_2d(4, 4, 32)[None])
+  tokens = np.take_along_axis(np.asarray(tokens), np.asarray(idx)[..., None], axis=1)
+  encoder = transformer.Encoder(depth=2, num_heads=2, scan=True)
+  features = encoder.apply({"params": image["encoder"]}, jnp.asarray(tokens)).mean(axis=1)
+  want = flip_lib.l2_normalize(features @ params["image_proj"]["kernel"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -1,10 +1,12 @@
 """Input sources and the pipeline: formats, robustness to broken records, exact resumption."""
 
+import jax
 import numpy as np
 import pytest
 
 import shard_fixtures as fx
 from flip import config_lib
+from flip import sharding
 from flip.data import pipeline
 from flip.data import sources
 from flip.data import tokenizer as tokenizer_lib
@@ -284,3 +286,24 @@ def test_source_without_records_stops_with_a_message(tmp_path):
   config = input_config(f"wds:{tmp_path}", batch=2)
   with pytest.raises(tf.errors.InvalidArgumentError, match="held no records"):
     take(config, 1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2])
+def test_prefetch_to_device_keeps_order_and_sends_size_batches_ahead(size):
+  mesh = sharding.make_mesh(config_lib.base_config().mesh)  # data parallel, 8 devices
+  pulled = []
+
+  def host_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {"image": np.full((8, 3), i, np.float32), "_position": np.full(8, i)}
+
+  got = []
+  for host_batch, device_batch in pipeline.prefetch_to_device(host_batches(), mesh, size):
+    step = int(host_batch["_position"][0])
+    # Batches up to `size` steps ahead were already sent while this one is trained on.
+    assert len(pulled) == min(step + 1 + size, 5)
+    assert set(device_batch) == {"image"}  # host bookkeeping stays on the host
+    assert isinstance(device_batch["image"], jax.Array)
+    got.append(float(device_batch["image"][0, 0]))
+  assert got == [0, 1, 2, 3, 4]

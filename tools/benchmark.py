@@ -1,42 +1,108 @@
-"""Times the real train step of a recipe at several mask ratios, in one process.
+"""Times the real train step of a recipe at several mask ratios, with MFU, in one process.
 
-  python tools/benchmark.py --config=configs/demo.py --mask=0,0.5,0.75 [--batch=N] [--steps=10]
+  python tools/benchmark.py --config=configs/vitb16_mask50.py --batch=32 [--mask=0,0.5,0.75]
+      [--peer=open_clip] [--steps=5] [--warmup=1] [--json=FILE]
 
 For each mask ratio it compiles the jitted train step of flip.train_step (same model, optimizer,
-sharding and donation as training), runs warm-up steps, then times `--steps` steps on a
-synthetic batch (no input pipeline) and prints step time, images/s, XLA's FLOPs per step and the
-ratios to the first mask ratio listed. Ratios measured in one run are the figures to compare:
-absolute times move with whatever else the machine is doing. `--json=FILE` saves the table.
+sharding and buffer donation as training), runs warm-up steps, then times `--steps` steps on a
+synthetic batch (no input pipeline). It prints step time, images/s, the model FLOPs per step
+(flip.flops, analytic) cross-checked against XLA's cost analysis of the same step, the achieved
+FLOP/s and the MFU: model FLOP/s over the device's peak. The peak is measured in the same run
+(the best of a few large matrix products at the model's compute dtype); on GPUs and TPUs whose
+datasheet peak is known (PEAK_FLOPS) that MFU is printed too. Override any recipe field the usual
+way, e.g. --config.model.dtype=bfloat16 or --config.model.scan_layers=False.
+
+`--peer=open_clip` also times open_clip's train step (tools/open_clip_peer.py: its own ViT-B-16,
+`patch_dropout` = the mask ratio, ClipLoss, backward, AdamW) at the same batch, image size and
+text length in this process, and prints our images/s over open_clip's. Needs
+`pip install -r requirements-peer.txt`.
+
+Ratios measured in one run are the figures to compare: absolute times move with whatever else
+the machine is doing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-from flip import config_lib
-from flip import sharding
-from flip import train_step
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from flip import config_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from flip import flops as flops_lib  # noqa: E402
+from flip import hostmem  # noqa: E402
+from flip import sharding  # noqa: E402
+from flip import train_step  # noqa: E402
+from flip.models import transformer  # noqa: E402
+import open_clip_peer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/demo.py.",
                                           lock_config=False)
 _MASKS = flags.DEFINE_list("mask", ["0", "0.5", "0.75"], "Mask ratios to time.")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch size (default: the recipe's).")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per mask ratio.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per mask ratio.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+_PEER = flags.DEFINE_enum("peer", None, ["open_clip"], "Also time this implementation.")
+_PEER_MODEL = flags.DEFINE_string("peer_model", "ViT-B-16", "open_clip model name.")
+_PEER_COMPILE = flags.DEFINE_bool("peer_compile", False, "torch.compile open_clip's model.")
 flags.mark_flags_as_required(["config"])
 
+# Dense datasheet peaks in FLOP/s per device, by compute dtype. float32 matrix products run as
+# TF32 on NVIDIA GPUs and as bfloat16 passes on TPUs at JAX's default precision.
+PEAK_FLOPS = {
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
+    "H200": {"bfloat16": 989e12, "float32": 494.5e12},
+    "H100": {"bfloat16": 989e12, "float32": 494.5e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+}
 
-def step_flops(config, mask_ratio: float, state, batch) -> float:
+
+def datasheet_peak(device_kind: str, dtype: str) -> float | None:
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in device_kind.lower():
+      return peaks[dtype]
+  return None
+
+
+def measured_peak(dtype: str, shapes=((2048, 2048, 2048), (4096, 4096, 4096),
+                                      (6272, 768, 3072), (6272, 3072, 768))) -> dict:
+  """The best FLOP/s of a few large [m, k] x [k, n] products on one device, at `dtype`."""
+  best = {"flops_per_s": 0.0, "shape": None}
+  for m, k, n in shapes:
+    a = jnp.ones((m, k), transformer.DTYPES[dtype])
+    b = jnp.ones((k, n), transformer.DTYPES[dtype])
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    reps = max(3, int(4e10 // (2 * m * k * n)) if jax.default_backend() == "cpu" else 50)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      out = f(a, b)
+    out.block_until_ready()
+    rate = 2.0 * m * k * n * reps / (time.perf_counter() - t0)
+    if rate > best["flops_per_s"]:
+      best = {"flops_per_s": rate, "shape": [m, k, n]}
+  return best
+
+
+def xla_flops(config, mask_ratio: float, batch) -> float:
   """XLA's FLOPs count of one train step, from the unscanned step (XLA counts a scanned loop's
-  body once); traced and lowered only, not compiled."""
+  body once); traced and lowered only, not compiled. Includes rematerialised recomputation and
+  elementwise work. On GPUs it leaves out library (cuBLAS) matrix products."""
   config = config.copy_and_resolve_references()
   config.model.scan_layers = False
   _, _, abstract, step_fn = train_step.build(config, sharding.make_mesh(config.mesh), mask_ratio)
@@ -63,8 +129,6 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
-  flops = step_flops(config, mask_ratio, state, batch)
-
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -73,8 +137,45 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t0) / steps
+  del state, compiled
   return {"mask_ratio": mask_ratio, "batch": batch_size, "step_s": step_s,
-          "images_per_s": batch_size / step_s, "flops_per_step": flops, "compile_s": compile_s}
+          "images_per_s": batch_size / step_s, "compile_s": compile_s,
+          "xla_flops_per_step": xla_flops(config, mask_ratio, batch)}
+
+
+def add_flops(row: dict, shape: flops_lib.ClipShape, peak: float, datasheet: float | None,
+              devices: int) -> dict:
+  """Model FLOPs, achieved FLOP/s and MFU (per device: the step runs on `devices`)."""
+  model_flops = flops_lib.train_step(shape, row["mask_ratio"], row["batch"])
+  achieved = model_flops / row["step_s"] / devices
+  row.update(model_flops_per_step=model_flops, flops_per_s_per_device=achieved,
+             mfu=achieved / peak, mfu_datasheet=achieved / datasheet if datasheet else None)
+  if "xla_flops_per_step" in row:
+    row["xla_over_model_flops"] = row["xla_flops_per_step"] / model_flops
+  return row
+
+
+def add_ratios(rows: list[dict]) -> None:
+  base = rows[0]
+  for r in rows:
+    r["speedup"] = base["step_s"] / r["step_s"]
+    r["flops_ratio"] = r["model_flops_per_step"] / base["model_flops_per_step"]
+
+
+def print_table(title: str, rows: list[dict], datasheet: bool) -> None:
+  print(f"\n{title}")
+  head = (f"{'mask':>5} {'step ms':>9} {'img/s':>8} {'GFLOP/step':>11} {'XLA/model':>9} "
+          f"{'TFLOP/s':>8} {'MFU':>6}" + (f" {'MFU(ds)':>7}" if datasheet else "") +
+          f" {'speedup':>8} {'FLOPs':>6}")
+  print(head)
+  for r in rows:
+    xla = r.get("xla_over_model_flops")
+    print(f"{r['mask_ratio']:>5.2f} {1e3 * r['step_s']:>9.1f} {r['images_per_s']:>8.1f} "
+          f"{r['model_flops_per_step'] / 1e9:>11.1f} "
+          f"{(f'{xla:.3f}' if xla is not None else '-'):>9} "
+          f"{r['flops_per_s_per_device'] / 1e12:>8.3f} {100 * r['mfu']:>5.1f}%"
+          + (f" {100 * r['mfu_datasheet']:>6.1f}%" if datasheet and r['mfu_datasheet'] else "")
+          + f" {r['speedup']:>7.2f}x {r['flops_ratio']:>5.2f}x")
 
 
 def main(argv):
@@ -85,24 +186,73 @@ def main(argv):
   if not config.input.data:  # the paper recipes name none; the benchmark reads no data
     config.input.data = "tfds:synthetic"
   config_lib.validate(config)
+  if _PEER.value == "open_clip":
+    open_clip_peer.require()
+    if jax.device_count() > 1 or jax.default_backend() == "tpu":
+      raise SystemExit("--peer=open_clip compares one CPU or one GPU: run it with one device "
+                       "(e.g. CUDA_VISIBLE_DEVICES=0).")
   masks = [float(m) for m in _MASKS.value]
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-        f"batch {config.input.global_batch_size}; image {config.input.image_size}px / patch "
-        f"{config.model.image.patch_size}; {_STEPS.value} timed steps per mask ratio")
+  device = jax.devices()[0]
+  dtype = config.model.get("dtype", "float32")
+  devices = jax.device_count()
+  print(f"devices: {devices} x {device.device_kind} ({jax.default_backend()}); batch "
+        f"{config.input.global_batch_size}; image {config.input.image_size}px / patch "
+        f"{config.model.image.patch_size}; {dtype}; scan {config.model.scan_layers}; remat "
+        f"{config.model.image.remat}/{config.model.text.remat}; {_STEPS.value} timed steps "
+        f"per mask ratio; huge pages {hostmem.active()}")
+
+  peak = measured_peak(dtype)
+  datasheet = datasheet_peak(device.device_kind, dtype)
+  print(f"measured matmul peak: {peak['flops_per_s'] / 1e12:.3f} TFLOP/s per device "
+        f"({dtype}, {peak['shape']})" + (f"; datasheet {datasheet / 1e12:.1f} TFLOP/s"
+                                         if datasheet else ""), flush=True)
   rows = [time_step(config, m, _STEPS.value, _WARMUP.value) for m in masks]
-  base = rows[0]
-  print(f"{'mask':>6} {'step ms':>9} {'img/s':>9} {'GFLOPs/step':>12} {'speedup':>8} "
-        f"{'FLOPs ratio':>11}")
+  peer_rows = []
+  if _PEER.value == "open_clip":
+    logging.set_verbosity(logging.WARNING)  # open_clip logs each model creation at INFO
+    peer_rows = [open_clip_peer.time_step(
+        _PEER_MODEL.value, config.input.global_batch_size, m, config.input.image_size,
+        config.input.text_len, _STEPS.value, _WARMUP.value, compile_model=_PEER_COMPILE.value,
+        device="cuda" if jax.default_backend() == "gpu" else "cpu", bfloat16=dtype == "bfloat16")
+        for m in masks]
+  # Measured again after the timings; the better of the two is the peak (a shared machine's
+  # background load only ever lowers a measurement).
+  again = measured_peak(dtype)
+  if again["flops_per_s"] > peak["flops_per_s"]:
+    peak = again
+  print(f"measured matmul peak after the timings: {again['flops_per_s'] / 1e12:.3f} TFLOP/s; "
+        f"MFU below is against {peak['flops_per_s'] / 1e12:.3f}")
+
+  shape = flops_lib.ClipShape.from_config(config)
   for r in rows:
-    r["speedup"] = base["step_s"] / r["step_s"]
-    r["flops_ratio"] = r["flops_per_step"] / base["flops_per_step"]
-    print(f"{r['mask_ratio']:>6.2f} {1e3 * r['step_s']:>9.1f} {r['images_per_s']:>9.1f} "
-          f"{r['flops_per_step'] / 1e9:>12.2f} {r['speedup']:>7.2f}x {r['flops_ratio']:>10.2f}x")
+    add_flops(r, shape, peak["flops_per_s"], datasheet, devices)
+  add_ratios(rows)
+  print_table("FLIP (this codebase)", rows, datasheet is not None)
+  result = {"device": device.device_kind, "backend": jax.default_backend(),
+            "device_count": devices, "dtype": dtype, "huge_pages": hostmem.active(),
+            "scan_layers": bool(config.model.scan_layers),
+            "remat": [config.model.image.remat, config.model.text.remat],
+            "measured_peak": peak, "datasheet_peak": datasheet, "rows": rows}
+  if peer_rows:
+    peer_shape = open_clip_peer.clip_shape(_PEER_MODEL.value, config.input.image_size,
+                                           config.input.text_len)
+    for r in peer_rows:
+      add_flops(r, peer_shape, peak["flops_per_s"], datasheet, 1)
+    add_ratios(peer_rows)
+    print_table(f"open_clip {peer_rows[0]['open_clip']} {_PEER_MODEL.value} (torch "
+                f"{peer_rows[0]['torch']}, {peer_rows[0]['threads']} threads"
+                f"{', torch.compile' if _PEER_COMPILE.value else ''})", peer_rows, False)
+    print("\nimages/s, ours / open_clip: " + ", ".join(
+        f"mask {r['mask_ratio']:.2f}: {r['images_per_s'] / p['images_per_s']:.2f}x"
+        for r, p in zip(rows, peer_rows)))
+    for r, p in zip(rows, peer_rows):
+      r["over_peer"] = r["images_per_s"] / p["images_per_s"]
+    result["peer"] = {"name": "open_clip", "model": _PEER_MODEL.value, "rows": peer_rows}
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-                 "rows": rows}, f, indent=2)
+      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
+  hostmem.reexec_with_huge_pages()  # before JAX starts: see flip/hostmem.py
   app.run(main)

@@ -183,5 +183,7 @@ def plot(results, path: str, name: str, subtitle: str) -> None:
 
 
 if __name__ == "__main__":
+  from flip import hostmem  # pylint: disable=g-import-not-at-top
+  hostmem.reexec_with_huge_pages()  # before JAX starts
   from flip import cli
   app.run(main, flags_parser=cli.parse_flags)

@@ -16,7 +16,9 @@ carries how many were dropped before each of its records, so the count is exact 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import math
 import os
 from typing import Any, Iterator
@@ -27,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from flip import sharding
 from flip.data import sources as sources_lib
 from flip.data import tokenizer as tokenizer_lib
 
@@ -463,3 +466,25 @@ def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 def device_fields(batch: dict[str, Any]) -> dict[str, Any]:
   """The fields that go to the accelerators (the rest is host bookkeeping)."""
   return {k: v for k, v in batch.items() if k not in HOST_FIELDS}
+
+
+def prefetch_to_device(host_batches: Iterator[dict[str, Any]], mesh: jax.sharding.Mesh,
+                       size: int) -> Iterator[tuple[dict[str, Any], dict[str, jax.Array]]]:
+  """Yields (host batch, its sharded device arrays) with `size` batches already sent ahead.
+
+  The transfers are asynchronous, so batch k+1 .. k+size travel to the devices while step k
+  runs; size 0 sends each batch when it is asked for. The host batch (with its bookkeeping
+  fields) comes along for the input position of checkpoints.
+  """
+  queue: collections.deque = collections.deque()
+
+  def send(n):
+    for host_batch in itertools.islice(host_batches, n):
+      queue.append((host_batch, sharding.global_batch(device_fields(host_batch), mesh)))
+
+  send(size)
+  while True:
+    send(1)  # with size 0 the batch asked for; otherwise the one `size` steps ahead
+    if not queue:
+      return
+    yield queue.popleft()

@@ -1,0 +1,81 @@
+"""Analytic FLOPs of a CLIP/FLIP train step: the "model FLOPs" of MFU.
+
+Counts the matrix products (2 FLOPs per multiply-add) of the forward pass: patch embedding,
+per block the q/k/v/out projections, the two attention products (scores and weighted values)
+and the MLP, the two output projections and the contrastive logits (both directions, as the
+sharded loss and open_clip's ClipLoss compute them). Elementwise work (LayerNorm, softmax, GELU,
+the optimizer) is left out, as in the usual MFU definition. A train step is 3x the forward
+(backward = two products per forward product), except the patch embedding, whose input needs no
+gradient (2x). Rematerialised recomputation is not model FLOPs: XLA's count of a remat step is
+higher by about the recomputed forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipShape:
+  image_size: int
+  patch_size: int
+  image_width: int
+  image_depth: int
+  image_mlp_dim: int
+  text_len: int
+  text_width: int
+  text_depth: int
+  text_mlp_dim: int
+  embed_dim: int
+  class_token: bool = False  # FLIP pools by averaging; CLIP/open_clip prepend a class token
+  embed_after_masking: bool = True  # FLIP here embeds only kept patches; open_clip embeds all
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "ClipShape":
+    image, text = config.model.image, config.model.text
+    return cls(image_size=config.input.image_size, patch_size=image.patch_size,
+               image_width=image.width, image_depth=image.depth,
+               image_mlp_dim=image.width * image.mlp_ratio, text_len=config.input.text_len,
+               text_width=text.width, text_depth=text.depth,
+               text_mlp_dim=text.width * text.mlp_ratio, embed_dim=config.model.embed_dim)
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  def kept_patches(self, mask_ratio: float) -> int:
+    return int(self.num_patches * (1 - mask_ratio))  # vit.keep_length and open_clip's rule
+
+
+def encoder_forward(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
+  """Forward FLOPs of `depth` pre-LN blocks on one sequence of `tokens` tokens."""
+  projections = 2 * tokens * width * (4 * width)  # q, k, v and out
+  attention = 2 * (2 * tokens * tokens * width)  # q.k^T and softmax.v over all heads
+  mlp = 2 * (2 * tokens * width * mlp_dim)
+  return depth * float(projections + attention + mlp)
+
+
+def forward(shape: ClipShape, mask_ratio: float, batch: int) -> dict[str, float]:
+  """Forward FLOPs of the step's parts for the whole batch."""
+  kept = shape.kept_patches(mask_ratio)
+  embedded = kept if shape.embed_after_masking else shape.num_patches
+  patch_dim = shape.patch_size ** 2 * 3
+  image_tokens = kept + int(shape.class_token)
+  return {
+      "patch_embed": batch * 2.0 * embedded * patch_dim * shape.image_width,
+      "image": batch * (encoder_forward(image_tokens, shape.image_width, shape.image_depth,
+                                        shape.image_mlp_dim)
+                        + 2.0 * shape.image_width * shape.embed_dim),
+      "text": batch * (encoder_forward(shape.text_len, shape.text_width, shape.text_depth,
+                                       shape.text_mlp_dim)
+                       + 2.0 * shape.text_width * shape.embed_dim),
+      "loss": 2 * 2.0 * batch * batch * shape.embed_dim,
+  }
+
+
+def train_step(shape: ClipShape, mask_ratio: float, batch: int) -> float:
+  """Model FLOPs of one train step (forward + backward) on `batch` image-text pairs."""
+  parts = forward(shape, mask_ratio, batch)
+  return 3 * sum(parts.values()) - parts["patch_embed"]
