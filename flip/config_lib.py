@@ -79,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   # remat (per tower, above): "none" | "dots" (keep matmul outputs) | "full" (keep block inputs).
   c.model.dtype = "float32"  # compute dtype: "float32" (the paper) or "bfloat16" (f32 params)
   c.model.scan_layers = True  # one nn.scan over each tower's blocks: fast compiles when deep
+  # jax.nn.dot_product_attention's implementation: "auto" = cuDNN flash attention on NVIDIA GPUs
+  # (bfloat16, image tower), XLA elsewhere; or "xla" / "cudnn".
+  c.model.attention = "auto"
 
   c.input = ml_collections.ConfigDict()
   # Training data: one source or several mixed (';'-separated), each FORMAT:LOCATION[?options]

@@ -159,3 +159,42 @@ def test_masking_before_the_patch_embedding_equals_masking_after_it(monkeypatch)
   features = encoder.apply({"params": image["encoder"]}, jnp.asarray(tokens)).mean(axis=1)
   want = flip_lib.l2_normalize(features @ params["image_proj"]["kernel"])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class _FakeDevice:
+  def __init__(self, platform, capability=None):
+    self.platform = platform
+    if capability:
+      self.compute_capability = capability
+
+
+@pytest.mark.parametrize("device,dtype,masked,want", [
+    (_FakeDevice("gpu", "9.0"), jnp.bfloat16, False, "cudnn"),  # H100, image tower
+    (_FakeDevice("gpu", "8.0"), jnp.float16, False, "cudnn"),
+    (_FakeDevice("gpu", "9.0"), jnp.bfloat16, True, "xla"),  # text tower: padding mask
+    (_FakeDevice("gpu", "9.0"), jnp.float32, False, "xla"),  # cuDNN has no float32 kernel
+    (_FakeDevice("gpu", "7.0"), jnp.bfloat16, False, "xla"),  # V100
+    (_FakeDevice("tpu"), jnp.bfloat16, False, "xla"),
+    (_FakeDevice("cpu"), jnp.bfloat16, False, "xla"),
+])
+def test_auto_attention_takes_cudnn_only_where_it_applies(monkeypatch, device, dtype, masked, want):
+  monkeypatch.setattr(jax, "devices", lambda *a: [device])
+  assert transformer.attention_implementation("auto", dtype, masked) == want
+  assert transformer.attention_implementation("xla", dtype, masked) == "xla"
+
+
+def test_attention_choice_is_checked_and_xla_equals_auto_on_cpu():
+  c = config_lib.base_config()
+  c.model.attention = "flash"
+  with pytest.raises(ValueError, match="config.model.attention='flash'"):
+    flip_lib.from_config(c.model)
+  model = tiny_model()
+  params, images, tokens = init(model)
+  c = config_lib.base_config()
+  c.model.image.update(patch_size=4, depth=2, width=32, num_heads=2)
+  c.model.text.update(depth=2, width=32, num_heads=2, vocab_size=100)
+  c.model.embed_dim = 16
+  c.model.attention = "xla"
+  forced = flip_lib.from_config(c.model).apply({"params": params}, images, tokens)
+  for a, b in zip(forced, model.apply({"params": params}, images, tokens)):
+    np.testing.assert_array_equal(a, b)

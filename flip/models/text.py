@@ -23,6 +23,7 @@ class TextTower(nn.Module):
   remat: str = "none"  # transformer.REMAT_POLICIES
   dtype: Any = jnp.float32  # compute dtype; parameters are float32
   scan: bool = False  # nn.scan over the blocks (stacked parameters)
+  attention: str = "auto"  # transformer.attention_implementation
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -39,7 +40,8 @@ class TextTower(nn.Module):
     x = x + posemb[None, :length]
     valid = tokens != PAD_ID  # b t
     x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
-                            self.scan, name="encoder")(x, valid[:, None, None, :])
+                            self.scan, self.attention, name="encoder")(
+                                x, valid[:, None, None, :])
     x = x.astype(jnp.float32)
     weights = valid.astype(x.dtype)[..., None]
     return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)

@@ -81,10 +81,35 @@ def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNor
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
 
+ATTENTION = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | None:
+  """jax.nn.dot_product_attention's `implementation` for a config.model.attention choice.
+
+  "auto" takes cuDNN's fused (flash) attention where it applies: on an NVIDIA GPU of compute
+  capability 8.0+ (A100, H100, ...), in bfloat16/float16, without a padding mask (the image
+  tower); XLA's attention otherwise (CPU, TPU, float32, the text tower). "xla" / "cudnn" force
+  one (cudnn fails on other backends).
+  """
+  if choice not in ATTENTION:
+    raise ValueError(f"config.model.attention={choice!r}; choose one of {ATTENTION}.")
+  if choice != "auto":
+    return choice
+  if masked or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return "xla"
+  device = jax.devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  if device.platform != "gpu" or capability is None:
+    return "xla"
+  return "cudnn" if float(capability) >= 8.0 else "xla"
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; `mask` is bool [b, 1, 1, t] (True = attend) or None."""
   num_heads: int
   dtype: Any = jnp.float32
+  attention: str = "auto"  # attention_implementation
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -99,7 +124,9 @@ class Attention(nn.Module):
 
     names = ("batch", "act_length", "act_heads", "act_kv")
     q, k, v = (constrain(proj(name)(x), names) for name in ("query", "key", "value"))  # b t n h
-    y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask), names)
+    implementation = attention_implementation(self.attention, self.dtype, mask is not None)
+    y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                               implementation=implementation), names)
     return nn.DenseGeneral(
         width, axis=(-2, -1), name="out", dtype=self.dtype,
         kernel_init=partitioned(dense_init(), ("heads", "kv", "embed")),
@@ -126,11 +153,12 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     y = layer_norm("ln1", self.dtype)(x)
-    x = x + Attention(self.num_heads, self.dtype, name="attn")(y, mask)
+    x = x + Attention(self.num_heads, self.dtype, self.attention, name="attn")(y, mask)
     y = layer_norm("ln2", self.dtype)(x)
     return constrain_tokens(x + MlpBlock(x.shape[-1] * self.mlp_ratio, self.dtype, name="mlp")(y))
 
@@ -150,6 +178,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat: str = "none"
   scan: bool = False
+  attention: str = "auto"  # attention_implementation
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -167,8 +196,10 @@ class Encoder(nn.Module):
       blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=nn.broadcast, length=self.depth,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(x, mask)
+      x, _ = blocks(self.num_heads, self.mlp_ratio, self.dtype, self.attention,
+                    name="blocks")(x, mask)
     else:
       for i in range(self.depth):
-        x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i:02d}")(x, mask)
+        x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention,
+                      name=f"block{i:02d}")(x, mask)
     return layer_norm("ln_final", self.dtype)(x)

@@ -54,6 +54,7 @@ class VisionTower(nn.Module):
   remat: str = "none"  # transformer.REMAT_POLICIES
   dtype: Any = jnp.float32  # compute dtype; parameters are float32
   scan: bool = False  # nn.scan over the blocks (stacked parameters)
+  attention: str = "auto"  # transformer.attention_implementation
 
   @nn.compact
   def __call__(self, images: jax.Array, mask_ratio: float = 0.0) -> jax.Array:
@@ -74,5 +75,5 @@ class VisionTower(nn.Module):
                  bias_init=transformer.partitioned(nn.initializers.zeros, ("embed",)))(patches)
     x = x + posemb.astype(x.dtype)
     x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
-                            self.scan, name="encoder")(x)
+                            self.scan, self.attention, name="encoder")(x)
     return x.astype(jnp.float32).mean(axis=1)
