@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import ml_collections
 
 
@@ -79,3 +80,22 @@ def train_step(shape: ClipShape, mask_ratio: float, batch: int) -> float:
   """Model FLOPs of one train step (forward + backward) on `batch` image-text pairs."""
   parts = forward(shape, mask_ratio, batch)
   return 3 * sum(parts.values()) - parts["patch_embed"]
+
+
+def xla_train_step(config: ml_collections.ConfigDict, mask_ratio: float,
+                   mesh: jax.sharding.Mesh | None = None) -> float:
+  """XLA's FLOPs count of the config's train step (traced and lowered, not compiled).
+
+  Lowered with unscanned towers: XLA counts a scanned loop's body once. Unlike `train_step` it
+  includes rematerialised recomputation and elementwise work; on GPUs it leaves out library
+  (cuBLAS) matrix products. NaN where the backend gives no count.
+  """
+  from flip import sharding  # pylint: disable=g-import-not-at-top  (flax/optax: only here)
+  from flip import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.model.scan_layers = False
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  _, _, abstract, step_fn = train_step_lib.build(config, mesh, mask_ratio)
+  cost = step_fn.lower(abstract, train_step_lib.abstract_batch(config, mesh)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")

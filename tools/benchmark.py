@@ -99,18 +99,6 @@ def measured_peak(dtype: str, shapes=((2048, 2048, 2048), (4096, 4096, 4096),
   return best
 
 
-def xla_flops(config, mask_ratio: float, batch) -> float:
-  """XLA's FLOPs count of one train step, from the unscanned step (XLA counts a scanned loop's
-  body once); traced and lowered only, not compiled. Includes rematerialised recomputation and
-  elementwise work. On GPUs it leaves out library (cuBLAS) matrix products."""
-  config = config.copy_and_resolve_references()
-  config.model.scan_layers = False
-  _, _, abstract, step_fn = train_step.build(config, sharding.make_mesh(config.mesh), mask_ratio)
-  cost = step_fn.lower(abstract, batch).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
 def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, float]:
   """Compiles and times flip.train_step.train_step for one mask ratio on a synthetic batch."""
   mesh = sharding.make_mesh(config.mesh)
@@ -140,7 +128,7 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   del state, compiled
   return {"mask_ratio": mask_ratio, "batch": batch_size, "step_s": step_s,
           "images_per_s": batch_size / step_s, "compile_s": compile_s,
-          "xla_flops_per_step": xla_flops(config, mask_ratio, batch)}
+          "xla_flops_per_step": flops_lib.xla_train_step(config, mask_ratio, mesh)}
 
 
 def add_flops(row: dict, shape: flops_lib.ClipShape, peak: float, datasheet: float | None,
