@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,4 +63,10 @@ def test_tradeoff_writes_table_curve_and_plot(shapes_data_dir, tmp_path):
     assert r["steps_per_s"] > 0 and r["steps"] == max(2, int(3 * r["steps_per_s"]))
   table = out.with_suffix(".md").read_text()
   assert table.count("\n") == 4 and "| 75% |" in table
+  # `top-1 at T s`: every run's curve read at the shortest run's length.
+  common = min(r["train_s"] for r in rows)
+  assert f"top-1 at {common:.0f} s" in table
+  for r, line in zip(rows, table.splitlines()[2:]):
+    seconds, acc = zip(*r["curve"])
+    assert line.split(" | ")[6] == f"{100 * np.interp(common, seconds, acc):.1f}%"
   assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
