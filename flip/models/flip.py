@@ -59,12 +59,8 @@ def from_config(model: ml_collections.ConfigDict) -> FLIP:
   if dtype not in transformer.DTYPES:
     raise ValueError(f"config.model.dtype={dtype!r}; choose one of "
                      f"{sorted(transformer.DTYPES)}.")
-  attention = model.get("attention", "auto")
-  if attention not in transformer.ATTENTION:
-    raise ValueError(f"config.model.attention={attention!r}; choose one of "
-                     f"{transformer.ATTENTION}.")
   shared = dict(dtype=transformer.DTYPES[dtype], scan=model.get("scan_layers", False),
-                attention=attention)
+                attention=transformer.check_attention(model.get("attention", "auto")))
   for tower in ("image", "text"):
     remat = model[tower].get("remat", "none")
     if remat not in transformer.REMAT_POLICIES:

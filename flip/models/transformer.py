@@ -84,6 +84,13 @@ def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNor
 ATTENTION = ("auto", "xla", "cudnn")
 
 
+def check_attention(choice: str) -> str:
+  """`choice` if it is one of ATTENTION (config.model.attention); a ValueError otherwise."""
+  if choice not in ATTENTION:
+    raise ValueError(f"config.model.attention={choice!r}; choose one of {ATTENTION}.")
+  return choice
+
+
 def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | None:
   """jax.nn.dot_product_attention's `implementation` for a config.model.attention choice.
 
@@ -92,9 +99,7 @@ def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | Non
   tower); XLA's attention otherwise (CPU, TPU, float32, the text tower). "xla" / "cudnn" force
   one (cudnn fails on other backends).
   """
-  if choice not in ATTENTION:
-    raise ValueError(f"config.model.attention={choice!r}; choose one of {ATTENTION}.")
-  if choice != "auto":
+  if check_attention(choice) != "auto":
     return choice
   if masked or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return "xla"

@@ -64,12 +64,12 @@ class VisionTower(nn.Module):
     grid_h, grid_w = height // p, width // p
     # A conv with kernel = stride = patch is this reshape and one matmul.
     patches = einops.rearrange(images, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p)
-    posemb = jnp.asarray(sincos_2d(grid_h, grid_w, self.width))[None]  # 1 L width
+    posemb = jnp.asarray(sincos_2d(grid_h, grid_w, self.width))  # L width
     if mask_ratio > 0:
       # Dropping patches before the embedding is the same as after it (embedding and position
       # are per patch) and skips the dropped patches' embedding matmul.
       patches, keep_idx = random_masking(patches, self.make_rng("mask"), mask_ratio)
-      posemb = posemb[0][keep_idx]  # b keep width
+      posemb = posemb[keep_idx]  # b keep width
     x = nn.Dense(self.width, name="patch_embed", dtype=self.dtype,
                  kernel_init=transformer.partitioned(transformer.dense_init(), ("patch", "embed")),
                  bias_init=transformer.partitioned(nn.initializers.zeros, ("embed",)))(patches)
