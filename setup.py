@@ -1,4 +1,10 @@
-"""FLIP: masked language-image pretraining in JAX/Flax."""
+"""FLIP: masked language-image pretraining in JAX/Flax.
+
+`pip install .` installs the package `flip` with its recipes (the repository's configs/, as the
+package `flip.configs`) and the console scripts flip-train and flip-evaluate. The dependencies are
+given as lower bounds so that an install next to a newer JAX (Colab, a CUDA or TPU install) keeps
+it; requirements.txt pins the versions the tests ran with.
+"""
 
 import setuptools
 
@@ -6,12 +12,31 @@ setuptools.setup(
     name="flip",
     version="0.1.0",
     description="FLIP (Scaling Language-Image Pre-training via Masking) in JAX/Flax",
-    packages=setuptools.find_packages(include=["flip", "flip.*"]),
+    license="Apache-2.0",
+    packages=setuptools.find_packages(include=["flip", "flip.*"]) + ["flip.configs"],
+    package_dir={"flip.configs": "configs"},
     package_data={"flip.data": ["vocab_bert_base_uncased.txt"]},
     python_requires=">=3.10",
     install_requires=[
-        "absl-py", "clu", "einops", "etils", "flax", "jax", "ml_collections", "numpy", "optax",
-        "orbax-checkpoint", "pillow", "tensorboard", "tensorflow", "tensorflow-datasets",
-        "tensorflow-text",
+        "absl-py>=2.0",
+        "clu>=0.0.12",
+        "einops>=0.8",
+        "etils>=1.7",
+        "flax>=0.10.2",
+        "jax>=0.5.0",
+        "ml_collections>=1.0",
+        "numpy>=1.26",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "pillow>=10.0",
+        "tensorboard>=2.15",  # clu's metric writers
+        "tensorflow>=2.16",  # tf.data (CPU only: the project hides accelerators from it)
+        "tensorflow-datasets>=4.9.7",
+        "tensorflow-text>=2.16",
+        "importlib_resources",  # tensorflow-datasets builds data sets with it, undeclared
     ],
+    entry_points={"console_scripts": [
+        "flip-train = flip.main:run",
+        "flip-evaluate = flip.evaluate:run",
+    ]},
 )

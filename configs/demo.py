@@ -1,9 +1,11 @@
 """Tiny FLIP on the embedded flip_shapes data set: trains and evaluates on a laptop CPU.
 
 python -m flip.main --config=configs/demo.py --workdir=/tmp/flip_demo
+(installed: --config=demo)
 """
 
 from flip import config_lib
+from flip.configs import common
 
 
 def get_config(arg=None):
@@ -36,4 +38,4 @@ def get_config(arg=None):
   c.evals.linear_probe = dict(type="linear_probe", dataset="flip_shapes", train_split="train",
                               max_train_examples=5000, test_split="validation", shots=(5,),
                               every_steps=2200)
-  return config_lib.apply_arg(c, arg)
+  return common.apply_arg(c, arg)

@@ -6,13 +6,12 @@ python -m flip.main --config=configs/demo_unmasked_tuning.py --workdir=/tmp/flip
 (or both stages at once: python tools/two_stage.py --workdir=/tmp/flip_two_stage)
 """
 
-import os
-
-from flip import config_lib
+from flip.configs import common
+from flip.configs import demo
 
 
 def get_config(arg=None):
-  c = config_lib.load_recipe(os.path.join(os.path.dirname(__file__), "demo.py"))
+  c = demo.get_config()
   c.stage = "tune"
   c.mask_ratio = 0.0
   # The paper tunes for ~1% of the pretraining samples at 1/100 of its learning rate; the demo's
@@ -23,4 +22,4 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 100
   for ev in c.evals.values():
     ev.every_steps = 200
-  return config_lib.apply_arg(c, arg)
+  return common.apply_arg(c, arg)

@@ -1,12 +1,17 @@
-"""FLIP L/16 pretraining at mask ratio 0.75 (the paper's recipe; see flip.config_lib.paper_config).
+"""FLIP L/16 pretraining at mask ratio 0.75: the paper's recipe (configs/vitl16_mask50.py) with
+what differs.
 
-python -m flip.main --config=configs/vitl16_mask75.py --workdir=gs://BUCKET/vitl16_mask75 \
+python -m flip.main --config=vitl16_mask75 --workdir=gs://BUCKET/vitl16_mask75 \
     --config.input.data='wds:gs://BUCKET/laion400m/{00000..41407}.tar'
-Append :local to the config path to run the same recipe shrunk on one CPU.
+(or --config=configs/vitl16_mask75.py in a checkout). Append :local (vitl16_mask75:local) to run
+the same recipe shrunk on one CPU.
 """
 
-from flip import config_lib
+from flip.configs import common
+from flip.configs import vitl16_mask50
 
 
 def get_config(arg=None):
-  return config_lib.apply_arg(config_lib.paper_config("L/16", mask_ratio=0.75), arg)
+  c = vitl16_mask50.get_config()  # the paper's recipe for L/16
+  c.mask_ratio = 0.75  # the image tower sees 49 of the 196 patches
+  return common.apply_arg(c, arg)

@@ -1,13 +1,17 @@
-"""The config schema shared by every recipe, its `arg` parsing and its checks.
+"""The config schema: every field with its default and choices, and the one gate, `resolve`.
 
-Each file in configs/ starts from `base_config()`, sets the recipe's fields and calls
-`apply_arg(config, arg)`, so `get_config("local")` shrinks any recipe to run on one CPU
-and `get_config("mask=0.75")` changes one field. `validate(config)` runs before anything is
-built, so a wrong or missing field stops the run at once with a message saying what to change.
+`base_config()` defines every field a recipe may set. Recipes (the files in configs/, built with
+the helpers of configs/common.py) start from it. `resolve(config)` is the one check every entry
+point runs before anything is built: it rejects unknown fields anywhere (also inside an
+evaluator's options), checks every choice and range, fills the defaults of fields a config does
+not set (a run's config.json from before a field existed gets the value that describes that run)
+and returns a complete, locked config, so that the code downstream reads fields directly.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.util
 import json
 import math
@@ -18,52 +22,55 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from flip import errors
+from flip import sharding
 from flip.data import spec
+from flip.evaluation import prompts
 
-# Parameters use the `embed`/`mlp`/`heads`/`vocab`/... names that flip.models attach with
-# nn.with_logical_partitioning; activations the `batch`/`act_*` names of
-# flip.models.transformer.ACTIVATION_AXES. Defaults: parameters and optimizer state split
-# FSDP-style (ZeRO) over `fsdp` by their `embed` axis, attention heads and MLP units over `model`
-# (tensor parallel), activations over the batch axes (data, fsdp) and, inside attention and
-# MLP, over `model`. With the default mesh (fsdp=1, model=1) it is pure data parallelism.
-DEFAULT_LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("act_length", None),
-    ("act_embed", None),
-    ("act_heads", "model"),
-    ("act_kv", None),
-    ("act_mlp", "model"),
-    ("embed", "fsdp"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("kv", None),
-    ("vocab", "model"),
-    ("proj", None),
-    ("patch", None),
-    ("length", None),
-    ("layers", None),  # the stacked-blocks axis of scanned towers
-)
+# The choice fields: config path -> the allowed values.
+REMAT = ("none", "dots", "full")
+CHOICES = {
+    "stage": ("pretrain", "tune"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "xla", "cudnn"),
+    "model.image.remat": REMAT,
+    "model.text.remat": REMAT,
+}
 
+# Fields added after runs had saved their config.json, with the value that describes those runs
+# where it differs from today's default (older runs used unrolled towers).
+LEGACY_DEFAULTS = {"model.scan_layers": False}
+# Fields that were renamed or removed: old path -> (new path, value mapping) or None (dropped).
+RENAMED = {
+    "input.dataset": ("input.data", lambda name: f"tfds:{name}" if name else None),
+    "input.cache": None,
+}
 
-def model_size(name: str) -> dict[str, Any]:
-  """Tower shapes of the paper's Table 9 (layers / width / heads) and the embedding dim."""
-  sizes = {
-      "B/16": (16, (12, 768, 12), (12, 512, 8), 512),
-      "L/16": (16, (24, 1024, 16), (12, 768, 12), 768),
-      "H/14": (14, (32, 1280, 16), (24, 1024, 16), 1024),
-  }
-  if name not in sizes:
-    raise ValueError(f"Unknown model size {name!r}; choose one of {sorted(sizes)}.")
-  patch, (idepth, iwidth, iheads), (tdepth, twidth, theads), embed = sizes[name]
-  return dict(
-      image=dict(patch_size=patch, depth=idepth, width=iwidth, num_heads=iheads),
-      text=dict(depth=tdepth, width=twidth, num_heads=theads),
-      embed_dim=embed,
-  )
+REQUIRED = object()  # an evaluator option without a default
+_EVAL_COMMON = dict(type=REQUIRED, every_steps=REQUIRED, dataset=REQUIRED, data_dir=None,
+                    image_key="image", mask_ratio=0.0)
+# Evaluator types and their options with defaults (flip/evaluation: zeroshot.py, retrieval.py,
+# linear_probe.py document each). data_dir None: config.input.data_dir. mask_ratio 0: full
+# images (> 0: masked inference, the paper's ablation).
+EVALUATORS = {
+    "zeroshot": dict(
+        _EVAL_COMMON, split="test", label_key="label", max_examples=None,
+        templates="short",  # "short" (CLIP's 7), "clip80" (its 80) or a list with one "{}" each
+        class_names=None),  # None: the data set's; "imagenet": CLIP's curated names; or a list
+    "retrieval": dict(
+        _EVAL_COMMON, split="test", text_key="captions", max_examples=None,
+        captions_per_image=5, ks=(1, 5, 10)),
+    "linear_probe": dict(
+        _EVAL_COMMON, train_split="train", test_split="test", label_key="label",
+        max_train_examples=50_000, max_test_examples=None,
+        shots=(),  # k-shot variants, e.g. (1, 5, 10)
+        full=True,  # also the probe on all the training features
+        l2_regs=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), seed=0),
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field a recipe may set, with the paper's defaults (REFERENCE.md)."""
+  """Every field a recipe may set, with the paper's defaults (its Table 9 and training recipe)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mask_ratio = 0.5  # fraction of image patches dropped in pretraining (FLIP: 0.5 or 0.75)
@@ -128,182 +135,226 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_step = config_dict.placeholder(int)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # -1: all remaining devices
-  c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
 
-  # Evaluators: name -> dict(type=..., every_steps=..., ...); see flip/evaluation.
+  # Evaluators: name -> dict(type=..., every_steps=..., options); the types and their options
+  # (with defaults) are EVALUATORS below.
   c.evals = ml_collections.ConfigDict()
-  return c
-
-
-def paper_config(size: str, mask_ratio: float) -> ml_collections.ConfigDict:
-  """The paper's pretraining recipe (REFERENCE.md) for a Table 9 model size.
-
-  64k batch, lr 4e-6 x batch/256 = 1.024e-3, AdamW (0.9, 0.95), wd 0.2, warmup 51.2M samples
-  (256M for H/14), cosine to 0 over 12.8B samples (~32 epochs of LAION-400M), 224 px.
-  The data is left for the user to set (config.input.data).
-  """
-  c = base_config()
-  c.mask_ratio = mask_ratio
-  shape = model_size(size)
-  c.model.image.update(shape["image"])
-  c.model.text.update(shape["text"])
-  c.model.embed_dim = shape["embed_dim"]
-  c.input.image_size = 224
-  c.input.global_batch_size = 65536
-  c.optim.base_lr = 4e-6
-  c.optim.warmup_samples = 256_000_000 if size == "H/14" else 51_200_000
-  c.total_samples = 12_800_000_000
-  # Memory (tools/plan_memory.py; README "Scaling out"): at 64k the activations need full
-  # rematerialisation in both towers (ViT-L/16 on a v4-256 slice: 14 GiB of 32 per chip with
-  # it, 52 GiB with "dots"); parameters and AdamW moments FSDP-sharded over all devices.
-  c.model.image.remat = c.model.text.remat = "full"
-  c.mesh.update(data=1, fsdp=-1, model=1)
-  # The paper's evaluations, if their TFDS data sets are prepared in config.input.data_dir
-  # (training goes on without an evaluator whose data set is missing, with a warning).
-  c.evals.imagenet = dict(type="zeroshot", dataset="imagenet2012", split="validation",
-                          class_names="imagenet", templates="clip80", every_steps=5000)
-  c.evals.coco = dict(type="retrieval", dataset="coco_captions", split="test",
-                      text_key="captions/text", every_steps=5000)
-  return c
-
-
-def tuning_config(size: str) -> ml_collections.ConfigDict:
-  """The paper's unmasked tuning after pretraining (REFERENCE.md): mask 0, 64k batch, base lr
-  4e-8 (1.024e-5 at 64k), warmup 25.6M samples, cosine over 0.32 epoch of LAION-400M (~128M
-  samples), optimizer state reset; parameters from config.init_from (a pretraining workdir)."""
-  c = paper_config(size, mask_ratio=0.0)
-  c.stage = "tune"
-  c.optim.base_lr = 4e-8
-  c.optim.warmup_samples = 25_600_000
-  c.total_samples = 128_000_000
-  c.checkpoint_every_steps = 500
-  for ev in c.evals.values():
-    ev.every_steps = 1000
   return c
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:
   """A config saved as JSON (a run's config.json), with lists turned back into tuples (the
   configs use tuples: axis rules, templates, ...)."""
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-      return tuple(tuples(v) for v in value)
-    return value
-
-  return ml_collections.ConfigDict(tuples(json.loads(text)))
+  return ml_collections.ConfigDict(_tuples(json.loads(text)))
 
 
-def load_recipe(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a recipe file, e.g. to build one recipe on another."""
-  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  if module_spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"No recipe file {path}.")
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+def _tuples(value):
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_recipe(name_or_path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a recipe: a name of the packaged recipes (`vitl16_mask50`, the files
+  of configs/, installed as the package flip.configs) or the path of a recipe file."""
+  if os.path.exists(name_or_path):
+    module_spec = importlib.util.spec_from_file_location(pathlib.Path(name_or_path).stem,
+                                                         name_or_path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+  else:
+    module = importlib.import_module(f"flip.configs.{recipe_name(name_or_path)}")
   return module.get_config(arg)
 
 
-def parse_arg(arg: str | None) -> dict[str, str]:
-  """'local,mask=0.75' -> {'local': '', 'mask': '0.75'}."""
-  out = {}
-  for item in (arg or "").split(","):
-    item = item.strip()
-    if not item:
-      continue
-    key, _, value = item.partition("=")
-    out[key.strip()] = value.strip()
-  return out
+def recipe_names() -> list[str]:
+  """The names of the packaged recipes (configs/*.py but the helpers)."""
+  folder = os.path.dirname(importlib.import_module("flip.configs").__file__)
+  return sorted(f[:-3] for f in os.listdir(folder)
+                if f.endswith(".py") and not f.startswith("_") and f != "common.py")
 
 
-def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
-  """Keeps the recipe's masking, optimizer and structure; shrinks sizes to run on one CPU."""
-  c.model.image.update(patch_size=4, depth=2, width=64, num_heads=2)
-  c.model.text.update(depth=1, width=64, num_heads=2)
-  c.model.embed_dim = 32
-  c.input.update(data="tfds:flip_shapes", image_size=32, global_batch_size=32,
-                 shuffle_buffer=2048)
-  c.optim.base_lr = 4e-3  # peak lr 5e-4 at batch 32
-  c.optim.warmup_steps = 5
-  c.total_steps = 20
-  c.log_every_steps = 5
-  c.checkpoint_every_steps = 10
-  # The recipe's evaluation data (ImageNet, COCO) is not here: evaluate on flip_shapes instead.
-  kept = {name: ev for name, ev in c.evals.items() if ev.get("dataset") == "flip_shapes"}
-  c.evals = ml_collections.ConfigDict(kept or {"zeroshot": dict(
-      type="zeroshot", dataset="flip_shapes", split="validation",
-      templates=("a photo of a {}.",))})
-  for ev in c.evals.values():
-    ev.every_steps = 10
+def recipe_name(name: str) -> str:
+  """`name` if it is a packaged recipe, else a ConfigError listing them."""
+  name = name[:-3] if name.endswith(".py") else name
+  if name not in recipe_names():
+    raise errors.NotFoundError(f"No recipe file or packaged recipe {name!r}; the packaged "
+                               f"recipes are {recipe_names()}.")
+  return name
 
 
-def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = set(args) - {"local", "mask"}
-  if unknown:
-    raise ValueError(f"Unknown config arg(s) {sorted(unknown)}: the arg is a comma list of "
-                     "'local' and 'mask=<ratio>', e.g. --config=configs/demo.py:local,mask=0.75")
-  if "mask" in args:
-    c.mask_ratio = float(args["mask"])
-  if "local" in args:
-    shrink_for_cpu(c)
-  return c
+def recipe_path(name: str) -> str:
+  """The file of a packaged recipe (for --config=NAME)."""
+  return importlib.util.find_spec(f"flip.configs.{recipe_name(name)}").origin
 
 
 def steps_from(section: ml_collections.ConfigDict, name: str, global_batch_size: int) -> int:
   """`{name}_steps` if set, else ceil(`{name}_samples` / global batch): the paper counts samples."""
-  steps = section.get(f"{name}_steps")
+  steps = section[f"{name}_steps"]
   if steps is not None:
     return int(steps)
-  samples = section.get(f"{name}_samples")
+  samples = section[f"{name}_samples"]
   if samples is None:
-    raise ValueError(f"Set config {name}_steps or {name}_samples.")
+    raise errors.ConfigError(f"Set config {name}_steps or {name}_samples.")
   return int(math.ceil(samples / global_batch_size))
 
 
-def _missing_fields(schema: ml_collections.ConfigDict, config: Any, prefix: str = "") -> list[str]:
-  missing = []
-  for key, value in schema.items():
+# ---------------------------------------------------------------------------------------------
+# The gate.
+
+def _unknown(path: str, key: str, known) -> errors.ConfigError:
+  close = difflib.get_close_matches(key, list(known), n=1)
+  hint = f" Did you mean {close[0]!r}?" if close else ""
+  return errors.ConfigError(
+      f"Unknown config field config.{path}.{hint} The fields of this section are {sorted(known)} "
+      "(every field is defined in flip/config_lib.py).")
+
+
+def _lookup(raw: dict, path: str):
+  *parents, leaf = path.split(".")
+  for p in parents:
+    raw = raw.get(p)
+    if not isinstance(raw, dict):
+      return None, leaf
+  return raw, leaf
+
+
+def _upgrade(raw: dict) -> None:
+  """Renamed and removed fields of older configs, and the values older runs used."""
+  for old, new in RENAMED.items():
+    section, leaf = _lookup(raw, old)
+    if section is None or leaf not in section:
+      continue
+    value = section.pop(leaf)
+    if new is not None:
+      target, new_leaf = _lookup(raw, new[0])
+      if target is not None and target.get(new_leaf) is None:
+        target[new_leaf] = new[1](value)
+  for path, value in LEGACY_DEFAULTS.items():
+    section, leaf = _lookup(raw, path)
+    if section is not None and leaf not in section:
+      section[leaf] = value
+
+
+def _assign(schema: ml_collections.ConfigDict, raw: dict, prefix: str) -> None:
+  """Sets raw's values into the schema (defaults stay where raw has none); unknown keys and
+  values of the wrong type are errors naming the field."""
+  for key, value in raw.items():
     path = f"{prefix}{key}"
-    if key not in config:
-      missing.append(path)
-    elif isinstance(value, ml_collections.ConfigDict) and key != "evals":
-      missing += _missing_fields(value, config[key], path + ".")
-  return missing
+    if key not in schema:
+      raise _unknown(path, key, schema.keys())
+    if isinstance(schema[key], ml_collections.ConfigDict) and key != "evals":
+      if not isinstance(value, dict):
+        raise errors.ConfigError(f"config.{path} is a section with fields "
+                                 f"{sorted(schema[key].keys())}, not a value ({value!r}).")
+      _assign(schema[key], value, path + ".")
+      continue
+    if key == "evals":
+      continue
+    try:
+      setattr(schema, key, value)
+    except (TypeError, ValueError) as e:
+      raise errors.ConfigError(f"config.{path}={value!r} has the wrong type: {e}") from None
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Stops at once, with what to change, on a config that cannot run."""
-  missing = _missing_fields(base_config(), config)
+def resolve_evaluator(name: str, options: Any) -> dict:
+  """An evaluator's options (config.evals.<name>) checked and completed with the defaults of
+  EVALUATORS[options["type"]]."""
+  path = f"config.evals.{name}"
+  if not isinstance(options, dict):
+    raise errors.ConfigError(f"{path} must be a dict(type=..., every_steps=..., ...), "
+                             f"got {options!r}.")
+  kind = options.get("type")
+  if kind not in EVALUATORS:
+    raise errors.ConfigError(f"{path}.type={kind!r}: choose one of {sorted(EVALUATORS)}.")
+  schema = EVALUATORS[kind]
+  for key in options:
+    if key not in schema:
+      raise _unknown(f"evals.{name}.{key}", key, schema)
+  out = {**schema, **options}
+  missing = [k for k, v in out.items() if v is REQUIRED]
   if missing:
-    raise ValueError(f"Config is missing field(s) {missing}. Build recipes on "
-                     "flip.config_lib.base_config(), which defines every field.")
+    raise errors.ConfigError(f"{path} (a {kind} evaluator) needs the option(s) {missing}.")
+  if not isinstance(out["every_steps"], int) or out["every_steps"] < 1:
+    raise errors.ConfigError(f"{path}.every_steps={out['every_steps']!r} must be a positive "
+                             "number of steps.")
+  if not 0.0 <= out["mask_ratio"] < 1.0:
+    raise errors.ConfigError(f"{path}.mask_ratio={out['mask_ratio']} must be in [0, 1).")
+  if kind == "zeroshot":
+    try:
+      prompts.templates(out["templates"])
+      prompts.check_class_names(out["class_names"])
+    except ValueError as e:
+      raise errors.ConfigError(f"{path}: {e}") from None
+  for key in ("ks", "shots", "l2_regs"):
+    if key in out:
+      out[key] = tuple(out[key])
+  return out
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+  for path, allowed in CHOICES.items():
+    value = config
+    for part in path.split("."):
+      value = value[part]
+    if value not in allowed:
+      raise errors.ConfigError(f"config.{path}={value!r}: choose one of {allowed}.")
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
   spec.parse(config.input.data)  # the format of config.input.data; files are checked later
-  if config.stage not in ("pretrain", "tune"):
-    raise ValueError(f"config.stage={config.stage!r}: use 'pretrain' or 'tune'.")
   if config.stage == "tune" and not config.init_from:
-    raise ValueError("config.stage='tune' starts from a pretrained run: set "
-                     "--config.init_from=<the pretraining workdir>.")
+    raise errors.ConfigError("config.stage='tune' starts from a pretrained run: set "
+                             "--config.init_from=<the pretraining workdir>.")
   if not 0.0 <= config.mask_ratio < 1.0:
-    raise ValueError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
+    raise errors.ConfigError(f"config.mask_ratio={config.mask_ratio} must be in [0, 1).")
   image = config.model.image
   if config.input.image_size % image.patch_size:
-    raise ValueError(f"config.input.image_size={config.input.image_size} is not a multiple of "
-                     f"config.model.image.patch_size={image.patch_size}.")
+    raise errors.ConfigError(
+        f"config.input.image_size={config.input.image_size} is not a multiple of "
+        f"config.model.image.patch_size={image.patch_size}.")
   for tower in ("image", "text"):
     t = config.model[tower]
     if t.width % t.num_heads:
-      raise ValueError(f"config.model.{tower}.width={t.width} is not divisible by "
-                       f"num_heads={t.num_heads}.")
+      raise errors.ConfigError(f"config.model.{tower}.width={t.width} is not divisible by "
+                               f"num_heads={t.num_heads}.")
   if config.input.text_len > config.model.text.max_len:
-    raise ValueError(f"config.input.text_len={config.input.text_len} exceeds "
-                     f"config.model.text.max_len={config.model.text.max_len}.")
+    raise errors.ConfigError(f"config.input.text_len={config.input.text_len} exceeds "
+                             f"config.model.text.max_len={config.model.text.max_len}.")
   if config.input.global_batch_size <= 0:
-    raise ValueError("config.input.global_batch_size must be positive.")
-  if config.input.get("prefetch_to_device", 0) < 0:
-    raise ValueError(f"config.input.prefetch_to_device={config.input.prefetch_to_device} must "
-                     "be >= 0 (the batches sent ahead; 0 sends each when it is needed).")
-  for name, ev in config.evals.items():
-    if "type" not in ev or "every_steps" not in ev:
-      raise ValueError(f"config.evals.{name} needs 'type' and 'every_steps' fields.")
+    raise errors.ConfigError("config.input.global_batch_size must be positive.")
+  if config.input.prefetch_to_device < 0:
+    raise errors.ConfigError(
+        f"config.input.prefetch_to_device={config.input.prefetch_to_device} must be >= 0 (the "
+        "batches sent ahead; 0 sends each when it is needed).")
+
+
+def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """The complete, checked, locked config: the one gate before anything is built.
+
+  Unknown fields (anywhere, evaluator options included) and values of the wrong type, choice or
+  range are errors (errors.ConfigError) that name the field and say what to change. Fields the
+  config does not set get their defaults (LEGACY_DEFAULTS for runs saved before a field existed,
+  RENAMED for old names), so downstream code reads every field directly.
+  """
+  raw = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  raw = json.loads(json.dumps(raw, default=list))  # a deep copy with plain containers
+  raw = _tuples(raw)
+  _upgrade(raw)
+  out = base_config()
+  _assign(out, raw, "")
+  evals = raw.get("evals") or {}
+  out.evals = ml_collections.ConfigDict(
+      {name: resolve_evaluator(name, ev) for name, ev in evals.items()})
+  _check_choices(out)
+  _check_values(out)
+  out.lock()
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises errors.ConfigError where `resolve` would: a config that cannot run."""
+  resolve(config)

@@ -76,22 +76,23 @@ def forward(shape: ClipShape, mask_ratio: float, batch: int) -> dict[str, float]
   }
 
 
-def train_step(shape: ClipShape, mask_ratio: float, batch: int) -> float:
+def step_flops(shape: ClipShape, mask_ratio: float, batch: int) -> float:
   """Model FLOPs of one train step (forward + backward) on `batch` image-text pairs."""
   parts = forward(shape, mask_ratio, batch)
   return 3 * sum(parts.values()) - parts["patch_embed"]
 
 
-def xla_train_step(config: ml_collections.ConfigDict, mask_ratio: float,
+def xla_step_flops(config: ml_collections.ConfigDict, mask_ratio: float,
                    mesh: jax.sharding.Mesh | None = None) -> float:
-  """XLA's FLOPs count of the config's train step (traced and lowered, not compiled).
+  """XLA's FLOPs count of a (resolved) config's train step (traced and lowered, not compiled).
 
-  Lowered with unscanned towers: XLA counts a scanned loop's body once. Unlike `train_step` it
+  Lowered with unscanned towers: XLA counts a scanned loop's body once. Unlike `step_flops` it
   includes rematerialised recomputation and elementwise work; on GPUs it leaves out library
   (cuBLAS) matrix products. NaN where the backend gives no count.
   """
-  from flip import sharding  # pylint: disable=g-import-not-at-top  (flax/optax: only here)
-  from flip import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  (flax/optax: only here)
+  from flip import sharding
+  from flip import train_step as train_step_lib
   config = config.copy_and_resolve_references()
   config.model.scan_layers = False
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh

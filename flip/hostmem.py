@@ -6,9 +6,9 @@ then faulted in again at the next step. On the project's 2-core CPU that was a s
 time of a ViT-B/16 train step (13% of its wall-clock). glibc (2.35+) can ask for 2 MiB pages
 instead (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) where the kernel hands out transparent huge
 pages on request (`/sys/kernel/mm/transparent_hugepage/enabled` = madvise). The tunable is only
-read when a process starts, so the entry points (`flip.main`, `tools/benchmark.py`) call
-`reexec_with_huge_pages()` first: it restarts the same command once with the tunable set.
-FLIP_NO_HUGEPAGES=1 turns it off. On accelerators it only affects the host side.
+read when a process starts, so every entry point (flip.cli.run: flip.main, flip.evaluate, the
+tools) calls `reexec_with_huge_pages()` first: it restarts the same command once with the
+tunable set. FLIP_NO_HUGEPAGES=1 turns it off. On accelerators it only affects the host side.
 """
 
 from __future__ import annotations

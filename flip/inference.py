@@ -22,14 +22,14 @@ import tempfile
 import zipfile
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import serialization
 
 from flip import config_lib
+from flip import errors
+from flip import sharding
 from flip.evaluation import prompts
 from flip.models import flip as flip_lib
 
@@ -38,22 +38,10 @@ EXPORT_FORMAT = "flip-export-v1"
 
 def _workdir_params(workdir: str, config: ml_collections.ConfigDict, step: int | None):
   from flip import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: workdirs only)
-  model = flip_lib.from_config(config.model)
-  size, text_len = config.input.image_size, config.input.text_len
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      nn.unbox(jax.eval_shape(lambda: model.init(
-          jax.random.key(0), jnp.zeros((1, size, size, 3)),
-          jnp.zeros((1, text_len), jnp.int32))["params"])))
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  try:
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{workdir} has a config.json but no checkpoint under "
-                              f"{workdir}/checkpoints: train it first.")
-    return ckpt.restore_params(abstract, step)
-  finally:
-    ckpt.close()
+  one_device = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1)),
+                                  devices=jax.devices()[:1])
+  params, _ = checkpoint.load_params(workdir, flip_lib.abstract_params(config, one_device), step)
+  return params
 
 
 class FLIPModel:
@@ -62,6 +50,7 @@ class FLIPModel:
   def __init__(self, config: ml_collections.ConfigDict, params: Any,
                vocab_path: str | None = None, batch_size: int = 64):
     from flip.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    config = config_lib.resolve(config)
     self.config = config
     self.model = flip_lib.from_config(config.model)
     self.params = jax.device_put(params)
@@ -87,9 +76,9 @@ class FLIPModel:
       return cls._from_export(path, **kwargs)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
       with open(os.path.join(path, "config.json")) as f:
-        config = config_lib.from_json(f.read())
+        config = config_lib.resolve(config_lib.from_json(f.read()))
       return cls(config, _workdir_params(path, config, step), **kwargs)
-    raise FileNotFoundError(
+    raise errors.NotFoundError(
         f"{path} is neither a FLIP training workdir (a directory with config.json and "
         "checkpoints/) nor an exported model file (tools/export.py).")
 
@@ -99,12 +88,12 @@ class FLIPModel:
       with zipfile.ZipFile(path) as z:
         meta = json.loads(z.read("format.json"))
         if meta.get("format") != EXPORT_FORMAT:
-          raise ValueError(f"{path}: unknown export format {meta.get('format')!r}.")
+          raise errors.DataError(f"{path}: unknown export format {meta.get('format')!r}.")
         config = config_lib.from_json(z.read("config.json").decode("utf-8"))
         params = serialization.msgpack_restore(z.read("params.msgpack"))
         vocab = z.read("vocab.txt")
     except (zipfile.BadZipFile, KeyError) as e:
-      raise ValueError(f"{path} is not a FLIP model export (tools/export.py): {e}") from None
+      raise errors.DataError(f"{path} is not a FLIP model export (tools/export.py): {e}") from None
     vocab_file = tempfile.NamedTemporaryFile("wb", suffix=".vocab.txt", delete=False)
     with vocab_file:
       vocab_file.write(vocab)
@@ -121,16 +110,16 @@ class FLIPModel:
           data = f.read()
         return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
       except (tf.errors.OpError, OSError) as e:
-        raise ValueError(f"Cannot read image {image!r} (input {index}): "
-                         f"{str(e).splitlines()[0]}") from None
+        raise errors.DataError(f"Cannot read image {image!r} (input {index}): "
+                               f"{str(e).splitlines()[0]}") from None
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
       return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
     if array.ndim == 2:
       array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4) or min(array.shape[:2]) < 1:
-      raise ValueError(f"Image {index} has shape {array.shape}: give [height, width, 3] RGB "
-                       "(0..255), a PIL image or a file path.")
+      raise errors.DataError(f"Image {index} has shape {array.shape}: give [height, width, 3] "
+                             "RGB (0..255), a PIL image or a file path.")
     return array[..., :3]
 
   def preprocess(self, images: Sequence[Any]) -> np.ndarray:
@@ -218,10 +207,10 @@ def export(workdir: str, path: str, step: int | None = None) -> str:
   """Writes a training run's parameters (newest checkpoint, or `step`), config and vocabulary
   to one file that FLIPModel.load reads; returns `path`."""
   if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise FileNotFoundError(f"{workdir} is not a FLIP training workdir (no config.json).")
+    raise errors.NotFoundError(f"{workdir} is not a FLIP training workdir (no config.json).")
   with open(os.path.join(workdir, "config.json")) as f:
     config_text = f.read()
-  config = config_lib.from_json(config_text)
+  config = config_lib.resolve(config_lib.from_json(config_text))
   params = jax.tree.map(np.asarray, _workdir_params(workdir, config, step))
   from flip.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   with open(config.input.vocab_path or tokenizer_lib.DEFAULT_VOCAB, "rb") as f:

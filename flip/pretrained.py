@@ -9,26 +9,18 @@ from absl import logging
 from jax.sharding import Mesh
 
 from flip import checkpoint
-from flip import optim
-from flip import train_step
 from flip.models import convert
 from flip.models import flip as flip_lib
 
 
-def load_params(config: ml_collections.ConfigDict, mesh: Mesh, target_abstract_params):
+def initial_params(config: ml_collections.ConfigDict, mesh: Mesh, target_abstract_params):
   """The parameters of the run in config.init_from (its newest checkpoint, or config.init_step),
   mapped onto this config's model (see flip.models.convert) and sharded like
   `target_abstract_params`."""
-  source = checkpoint.read_config(config.init_from)  # FileNotFoundError: not a workdir
+  source = checkpoint.read_config(config.init_from)  # errors.NotFoundError: not a workdir
   source.logical_axis_rules = config.logical_axis_rules  # placed by this run's rules and mesh
-  _, abstract = train_step.init_state(source, flip_lib.from_config(source.model),
-                                      optim.make(source), mesh)
-  ckpt = checkpoint.Checkpointer(config.init_from, read_only=True)
-  try:
-    params = ckpt.restore_params(abstract.params, config.init_step)
-    step = config.init_step if config.init_step is not None else ckpt.latest_step()
-  finally:
-    ckpt.close()
+  params, step = checkpoint.load_params(config.init_from, flip_lib.abstract_params(source, mesh),
+                                        config.init_step)
   logging.info("Initialised from %s step %d (pretrained with mask ratio %s at %d px).",
                config.init_from, step, source.mask_ratio, source.input.image_size)
   params = convert.adapt(params, target_abstract_params)

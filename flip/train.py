@@ -13,6 +13,7 @@ from clu import metric_writers
 
 from flip import checkpoint
 from flip import config_lib
+from flip import errors
 from flip import evaluation
 from flip import memory
 from flip import pretrained
@@ -20,13 +21,7 @@ from flip import sharding
 from flip import train_step as train_step_lib
 from flip.data import pipeline
 from flip.data import tokenizer as tokenizer_lib
-from flip.evaluation import encode
-
-# The jitted step lives in flip.train_step (pure JAX: no TensorFlow), re-exported here.
-TrainState = train_step_lib.TrainState
-init_state = train_step_lib.init_state
-train_step = train_step_lib.train_step
-jit_train_step = train_step_lib.jit_train_step
+from flip.evaluation import embed
 
 
 def _flat_hparams(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
@@ -45,22 +40,18 @@ def _format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-class DivergedError(FloatingPointError):
-  pass
-
-
 def _check_finite(loss: float, step: int, last_saved: int | None) -> None:
   if not math.isfinite(loss):
     kept = (f"the last good checkpoint (step {last_saved}) is kept and a rerun resumes from it"
             if last_saved is not None else "no checkpoint was saved")
-    raise DivergedError(
+    raise errors.DivergedError(
         f"Loss is {loss} at step {step}: training diverged; {kept}. Lower config.optim.base_lr "
         "(or lengthen warmup) or check the input data.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics."""
-  config_lib.validate(config)
+  config = config_lib.resolve(config)
   checkpoint.check_writable(workdir)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.input.global_batch_size
@@ -80,8 +71,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  input_state)
   else:
     # A new run: random parameters, or those of config.init_from (e.g. unmasked tuning).
-    params = (pretrained.load_params(config, mesh, abstract_state.params) if config.init_from
-              else None)
+    params = (pretrained.initial_params(config, mesh, abstract_state.params)
+              if config.init_from else None)
     state = init_fn(init_rng, params)
     input_state = pipeline.InputState.start(len(pipeline.parse_sources(config)))
   start_step = int(state.step)
@@ -96,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
   evaluators = evaluation.make_evaluators(
-      config, encode.Encoder(model, tokenizer, mesh, batch_size, config.logical_axis_rules),
+      config, embed.Embedder(model, tokenizer, mesh, batch_size, config.logical_axis_rules),
       missing_ok=True)
   # Compiled ahead of time to report its per-device memory before the first batch.
   step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh)).compile()
@@ -104,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
   batches = pipeline.prefetch_to_device(
       pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
-      if start_step < end_step else iter(()), mesh, config.input.get("prefetch_to_device", 2))
+      if start_step < end_step else iter(()), mesh, config.input.prefetch_to_device)
 
   summary: dict[str, float] = {}
 

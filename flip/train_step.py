@@ -16,12 +16,10 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from flip import config_lib
 from flip import losses
 from flip import optim
 from flip import sharding
 from flip.models import flip as flip_lib
-from flip.models import transformer
 
 
 @flax.struct.dataclass
@@ -38,15 +36,12 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
   size, text_len = config.input.image_size, config.input.text_len
 
   def boxed_init(rng):
-    params = model.init({"params": rng}, jnp.zeros((1, size, size, 3), jnp.float32),
-                        jnp.zeros((1, text_len), jnp.int32))["params"]
+    params = flip_lib.init_params(model, rng, size, text_len)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   boxed = jax.eval_shape(boxed_init, jax.random.key(0))
-  shardings = sharding.logical_shardings(boxed, mesh, config.logical_axis_rules,
-                                         required=transformer.ACTIVATION_AXES)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.unbox(boxed), shardings)
+  abstract = sharding.placed(boxed, mesh, config.logical_axis_rules)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
   from_rng = jax.jit(lambda rng: nn.unbox(boxed_init(rng)), out_shardings=shardings)
   from_params = jax.jit(
       lambda params: TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -95,7 +90,7 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, j
 
 def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
                    schedule: optax.Schedule, mask_ratio: float, mask_rng: jax.Array,
-                   abstract_state, mesh: Mesh, rules=config_lib.DEFAULT_LOGICAL_AXIS_RULES):
+                   abstract_state, mesh: Mesh, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES):
   """train_step jitted with the state's shardings, batch-sharded inputs, activations sharded by
   the logical-axis `rules` (pass config.logical_axis_rules) and a donated state."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
@@ -112,7 +107,7 @@ def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, mask_ratio: float | None = None,
           mask_rng: jax.Array | None = None):
-  """(model, init_fn, abstract_state, jitted step) of a config, as training runs them.
+  """(model, init_fn, abstract_state, jitted step) of a resolved config, as training runs them.
 
   mask_ratio defaults to config.mask_ratio, mask_rng to a fixed key (benchmarks, planning).
   """

@@ -21,20 +21,17 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
-
-from flip import checkpoint  # noqa: E402
-from flip import config_lib  # noqa: E402
-from flip import distributed  # noqa: E402
-from flip import optim  # noqa: E402
-from flip import sharding  # noqa: E402
-from flip import train_step  # noqa: E402
-from flip.models import flip as flip_lib  # noqa: E402
+from flip import checkpoint
+from flip import config_lib
+from flip import distributed
+from flip import optim
+from flip import sharding
+from flip import train_step
+from flip.models import flip as flip_lib
 
 STEPS = 3
 GLOBAL_BATCH = 8

@@ -1,5 +1,6 @@
 """tools/benchmark.py runs the real train step and reports masking speedups."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,9 +10,20 @@ import pytest
 
 from flip import hostmem
 
+pytestmark = pytest.mark.slow  # subprocess runs of tools/benchmark.py and tools/plan_memory.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import open_clip_peer  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _load_tool(name: str):
+  """Imports tools/{name}.py (tools/ holds scripts, not a package)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+open_clip_peer = _load_tool("open_clip_peer")
 
 
 def benchmark(tmp_path, *args, env=None):

@@ -1,42 +1,50 @@
-"""Recipes load and carry the paper's numbers; bad configs stop with a clear message."""
+"""Recipes load and carry the paper's numbers; the config gate rejects what cannot run."""
 
-import glob
+import json
 import os
 
 import ml_collections
 import pytest
 
 from flip import config_lib
+from flip import errors
+from flip.configs import common
+from flip.configs import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
-
+RECIPES = config_lib.recipe_names()
 
 load = config_lib.load_recipe
 
 
-def test_all_recipes_present():
-  names = {os.path.basename(p)[:-3] for p in RECIPES}
-  assert {"demo", "vitb16_mask50", "vitl16_mask50", "vitl16_mask75", "vith14_mask50"} <= names
+def test_all_recipes_present_and_packaged():
+  assert {"demo", "vitb16_mask50", "vitl16_mask50", "vitl16_mask75",
+          "vith14_mask50"} <= set(RECIPES)
+  files = {f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
+           if f.endswith(".py") and f not in ("__init__.py", "common.py")}
+  assert files == set(RECIPES)
+  # By name and by path: the same recipe.
+  assert load("vitl16_mask50").to_dict() == load(
+      os.path.join(ROOT, "configs", "vitl16_mask50.py")).to_dict()
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
-def test_local_arg_shrinks_every_recipe_to_a_valid_cpu_config(path):
-  c = load(path, "local")
+@pytest.mark.parametrize("name", RECIPES)
+def test_local_arg_shrinks_every_recipe_to_a_valid_cpu_config(name):
+  c = load(name, "local")
   if c.stage == "tune":  # tuning recipes need the run they start from
     c.init_from = "/tmp/a_pretraining_run"
   config_lib.validate(c)
   assert c.input.data == "tfds:flip_shapes" and c.input.image_size <= 32
   assert c.input.global_batch_size <= 64 and c.total_steps <= 50
-  assert c.mask_ratio == load(path).mask_ratio  # the recipe's masking is kept
+  assert c.mask_ratio == load(name).mask_ratio  # the recipe's masking is kept
 
 
 @pytest.mark.parametrize("name,size,mask,warmup", [
     ("vitb16_mask50", "B/16", 0.5, 51_200_000), ("vitl16_mask50", "L/16", 0.5, 51_200_000),
     ("vitl16_mask75", "L/16", 0.75, 51_200_000), ("vith14_mask50", "H/14", 0.5, 256_000_000)])
 def test_paper_recipes(name, size, mask, warmup):
-  c = load(os.path.join(ROOT, "configs", f"{name}.py"))
-  shape = config_lib.model_size(size)
+  c = load(name)
+  shape = common.model_size(size)
   assert c.mask_ratio == mask
   assert c.model.image.width == shape["image"]["width"]
   assert c.model.text.depth == shape["text"]["depth"]
@@ -50,13 +58,16 @@ def test_paper_recipes(name, size, mask, warmup):
 
 
 def test_mask_arg():
-  assert load(os.path.join(ROOT, "configs", "demo.py"), "mask=0.75").mask_ratio == 0.75
-  with pytest.raises(ValueError, match="comma list"):
-    load(os.path.join(ROOT, "configs", "demo.py"), "bogus")
+  assert demo.get_config("mask=0.75").mask_ratio == 0.75
+  with pytest.raises(errors.ConfigError, match="comma list"):
+    demo.get_config("bogus")
+  with pytest.raises(errors.ConfigError, match="not a number"):
+    demo.get_config("mask=half")
 
 
-def demo():
-  return load(os.path.join(ROOT, "configs", "demo.py"))
+def test_unknown_recipe_name_lists_the_recipes():
+  with pytest.raises(errors.NotFoundError, match="vitl16_mask50"):
+    load("vitl16_mask5")
 
 
 @pytest.mark.parametrize("change,message", [
@@ -65,18 +76,94 @@ def demo():
     (lambda c: setattr(c.model.image, "num_heads", 3), "divisible by"),
     (lambda c: setattr(c.input, "text_len", 40), "max_len"),
     (lambda c: setattr(c.input, "prefetch_to_device", -1), "prefetch_to_device"),
-    (lambda c: c.input.__delattr__("global_batch_size"), "missing field.*input.global_batch_size"),
+    (lambda c: setattr(c, "stage", "finetune"), r"config.stage='finetune'.*'pretrain', 'tune'"),
+    (lambda c: setattr(c.model, "dtype", "float16"), r"config.model.dtype.*'bfloat16'"),
+    (lambda c: setattr(c.model, "attention", "flash"), r"config.model.attention.*'cudnn'"),
+    (lambda c: setattr(c.model.text, "remat", "some"), r"config.model.text.remat.*'dots'"),
+    (lambda c: setattr(c.model.image, "remat", "all"), r"config.model.image.remat.*'full'"),
+    # Typos inside a recipe (the config is not locked while a recipe builds it).
+    (lambda c: setattr(c.optim, "warmup_step", 5),
+     r"Unknown config field config.optim.warmup_step. Did you mean 'warmup_steps'"),
+    (lambda c: setattr(c, "total_step", 5), r"config.total_step. Did you mean 'total_steps'"),
+    (lambda c: setattr(c.model.image, "widht", 5), r"config.model.image.widht"),
+    # Evaluator options.
+    (lambda c: setattr(c.evals.zeroshot, "max_exampels", 5),
+     r"config.evals.zeroshot.max_exampels. Did you mean 'max_examples'"),
+    (lambda c: setattr(c.evals.retrieval, "templates", "short"), r"evals.retrieval.templates"),
+    (lambda c: setattr(c.evals.zeroshot, "type", "zero_shot"), r"type='zero_shot'.*linear_probe"),
+    (lambda c: c.evals.zeroshot.__delattr__("dataset"), r"evals.zeroshot.*needs.*'dataset'"),
+    (lambda c: setattr(c.evals.zeroshot, "every_steps", 0), r"every_steps=0"),
+    (lambda c: setattr(c.evals.zeroshot, "mask_ratio", 1.0), r"evals.zeroshot.mask_ratio=1.0"),
+    (lambda c: setattr(c.evals, "zeroshot", dict(c.evals.zeroshot.to_dict(), templates="clip81")),
+     r"template set 'clip81'"),
+    (lambda c: setattr(c.evals.zeroshot, "templates", ("no slot",)), r"exactly one"),
+    (lambda c: setattr(c.evals.zeroshot, "class_names", "imagenet21k"), r"imagenet21k"),
 ])
-def test_validate_says_what_to_change(change, message):
-  c = demo()
+def test_resolve_says_what_to_change(change, message):
+  c = demo.get_config()
   change(c)
-  with pytest.raises(ValueError, match=message):
-    config_lib.validate(c)
+  with pytest.raises(errors.ConfigError, match=message):
+    config_lib.resolve(c)
 
 
-def test_config_is_locked_against_typos():
-  c = demo()
+def test_saved_values_of_the_wrong_type_or_shape_are_named():
+  saved = json.loads(demo.get_config().to_json_best_effort())
+  saved["input"]["image_size"] = "big"
+  with pytest.raises(errors.ConfigError, match=r"config.input.image_size='big' has the wrong type"):
+    config_lib.resolve(config_lib.from_json(json.dumps(saved)))
+  saved = json.loads(demo.get_config().to_json_best_effort())
+  saved["optim"] = 3
+  with pytest.raises(errors.ConfigError, match=r"config.optim is a section"):
+    config_lib.resolve(saved)
+
+
+def test_resolve_fills_defaults_and_locks():
+  c = demo.get_config()
+  del c.input["prefetch_to_device"]
+  c.evals.retrieval = dict(type="retrieval", dataset="flip_shapes", every_steps=5)
+  r = config_lib.resolve(c)
+  assert r.input.prefetch_to_device == config_lib.base_config().input.prefetch_to_device
+  assert r.evals.retrieval.ks == (1, 5, 10) and r.evals.retrieval.split == "test"
+  assert r.evals.retrieval.mask_ratio == 0.0 and r.evals.retrieval.data_dir is None
+  assert r.evals.zeroshot.templates == demo.get_config().evals.zeroshot.templates
+  with pytest.raises(AttributeError):
+    r.input.batch_size = 3  # locked
+  assert config_lib.resolve(r).to_dict() == r.to_dict()  # idempotent
+
+
+def test_older_saved_configs_get_the_values_of_their_runs():
+  """A config.json from before fields existed: the values that describe that run."""
+  saved = json.loads(config_lib.resolve(demo.get_config()).to_json_best_effort())
+  del saved["model"]["scan_layers"]  # runs before scanned towers were unrolled
+  del saved["model"]["attention"], saved["model"]["dtype"], saved["stage"]
+  del saved["input"]["data"]
+  saved["input"]["dataset"] = "flip_shapes"  # the old name of a TFDS source
+  saved["input"]["cache"] = False  # removed
+  old = config_lib.resolve(config_lib.from_json(json.dumps(saved)))
+  assert old.model.scan_layers is False
+  assert (old.model.attention, old.model.dtype, old.stage) == ("auto", "float32", "pretrain")
+  assert old.input.data == "tfds:flip_shapes"
+  assert "dataset" not in old.input and "cache" not in old.input
+
+
+def test_config_flag_is_locked_against_typos():
+  c = demo.get_config()
   c.lock()
   with pytest.raises(AttributeError):
     c.input.batch_size = 3
   assert isinstance(c, ml_collections.ConfigDict)
+
+
+def test_choices_match_the_implementations():
+  """The gate's choice lists are what the model code implements (one list per choice)."""
+  from flip.models import transformer
+  assert set(config_lib.CHOICES["model.dtype"]) == set(transformer.DTYPES)
+  assert set(config_lib.REMAT) == set(transformer.REMAT_POLICIES)
+  from flip.evaluation import suite
+  assert set(config_lib.EVALUATORS) == set(suite.TYPES)
+  import inspect
+  for kind, cls in suite.TYPES.items():
+    params = inspect.signature(cls).parameters
+    keyword_only = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert keyword_only == set(config_lib.EVALUATORS[kind]) - {"type", "every_steps"} | {
+        "image_size"}, kind

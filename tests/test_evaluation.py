@@ -15,16 +15,16 @@ from flip import sharding
 from flip import train
 from flip.data import tokenizer as tokenizer_lib
 from flip.evaluation import data as data_lib
-from flip.evaluation import encode
+from flip.evaluation import embed
 from flip.evaluation import linear_probe
 from flip.evaluation import metrics
 from flip.evaluation import retrieval
+from flip.evaluation import suite
 from flip.evaluation import zeroshot
+from flip.configs import demo
 from flip.models import flip as flip_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import demo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def local_config(data_dir):
@@ -47,7 +47,7 @@ def test_sharded_encoder_embeds_every_example_once(model_and_params):
   config, model, params = model_and_params
   mesh = sharding.make_mesh(config.mesh)
   assert mesh.size == 8
-  encoder = encode.Encoder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
+  encoder = embed.Embedder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
   images = np.random.default_rng(0).standard_normal((37, 32, 32, 3)).astype(np.float32)
   got = encoder.images(params, images)
   want = np.asarray(model.apply({"params": params}, images, method=flip_lib.FLIP.encode_image))
@@ -64,10 +64,11 @@ def test_zeroshot_retrieval_and_probe_match_a_direct_computation(shapes_data_dir
   config, model, params = model_and_params
   config.input.data_dir = shapes_data_dir
   mesh = sharding.make_mesh(config.mesh)
-  encoder = encode.Encoder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
-  ev = ml_collections.ConfigDict(dict(dataset="flip_shapes", split="validation",
-                                      max_examples=45, templates=("a {}.", "a photo of a {}.")))
-  zs = zeroshot.ZeroShot(ev, config, encoder)
+  encoder = embed.Embedder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
+  zs = suite.make_evaluator(dict(type="zeroshot", every_steps=1, dataset="flip_shapes",
+                                split="validation", max_examples=45,
+                                templates=("a {}.", "a photo of a {}.")), config, encoder)
+  assert isinstance(zs, zeroshot.ZeroShot)
   got = zs(params)
   examples = data_lib.EvalSplit("flip_shapes", "validation", shapes_data_dir, "image", 32,
                                 keys=("label", "captions"), max_examples=45,
@@ -78,17 +79,20 @@ def test_zeroshot_retrieval_and_probe_match_a_direct_computation(shapes_data_dir
   assert got == metrics.classification(image_emb @ class_emb.T, examples["label"], ks=(1, 5))
   assert set(got) == {"top1", "top5", "mean_per_class_recall"}
 
-  rt = retrieval.Retrieval(ml_collections.ConfigDict(dict(
-      dataset="flip_shapes", split="validation", max_examples=45, captions_per_image=3)),
-      config, encoder)
+  rt = suite.make_evaluator(dict(type="retrieval", every_steps=1, dataset="flip_shapes",
+                                split="validation", max_examples=45, captions_per_image=3),
+                           config, encoder)
+  assert isinstance(rt, retrieval.Retrieval)
   assert len(rt.captions) == 135  # 3 captions per image
   captions = [c.decode() for c in examples["captions"].reshape(-1)]
   want = metrics.retrieval(image_emb, encoder.texts(params, captions), np.repeat(np.arange(45), 3))
   assert rt(params) == want
 
-  probe = linear_probe.LinearProbe(ml_collections.ConfigDict(dict(
-      dataset="flip_shapes", train_split="train", max_train_examples=300,
-      test_split="validation", max_test_examples=45, shots=(2,))), config, encoder)
+  probe = suite.make_evaluator(dict(type="linear_probe", every_steps=1, dataset="flip_shapes",
+                                   train_split="train", max_train_examples=300,
+                                   test_split="validation", max_test_examples=45, shots=(2,)),
+                              config, encoder)
+  assert isinstance(probe, linear_probe.LinearProbe)
   out = probe(params)
   assert set(out) == {"top1", "2shot_top1"} and 0 <= out["top1"] <= 1
 
@@ -111,6 +115,7 @@ def test_bad_evaluator_configs_fail_clearly(shapes_data_dir, tmp_path, ev, error
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_training_goes_on_without_a_missing_evaluation_data_set(shapes_data_dir, tmp_path):
   config = local_config(shapes_data_dir)
   config.total_steps = 4
@@ -121,6 +126,7 @@ def test_training_goes_on_without_a_missing_evaluation_data_set(shapes_data_dir,
   assert not any(k.startswith("imagenet/") for k in summary)
 
 
+@pytest.mark.slow
 def test_standalone_evaluation_of_a_demo_checkpoint(shapes_data_dir, tmp_path):
   config = local_config(shapes_data_dir)
   config.total_steps = 10

@@ -11,7 +11,8 @@ from flip import sharding
 
 
 def paper_shape(size: str) -> flops.ClipShape:
-  return flops.ClipShape.from_config(config_lib.paper_config(size, mask_ratio=0.5))
+  name = {"B/16": "vitb16_mask50", "L/16": "vitl16_mask50", "H/14": "vith14_mask50"}[size]
+  return flops.ClipShape.from_config(config_lib.load_recipe(name))
 
 
 def test_vit_b16_forward_matches_the_published_count():
@@ -33,7 +34,7 @@ def test_paper_flops_ratios_and_text_share():
   parts = flops.forward(shape, 0.0, 1)
   assert parts["text"] / (parts["image"] + parts["patch_embed"]) == pytest.approx(0.044, abs=0.002)
   # A train step is three forwards, less the patch embedding's (unneeded) input gradient.
-  assert flops.train_step(shape, 0.0, 8) == pytest.approx(
+  assert flops.step_flops(shape, 0.0, 8) == pytest.approx(
       3 * 8 * full - 8 * parts["patch_embed"], rel=1e-3)  # the loss grows as batch^2
 
 
@@ -55,10 +56,10 @@ def test_analytic_count_agrees_with_xla(mask_ratio):
   c.input.update(image_size=64, global_batch_size=16)
   c.mesh.update(data=1, fsdp=1, model=1)
   mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:1])
-  analytic = flops.train_step(flops.ClipShape.from_config(c), mask_ratio, 16)
-  counted = flops.xla_train_step(c, mask_ratio, mesh)
+  analytic = flops.step_flops(flops.ClipShape.from_config(c), mask_ratio, 16)
+  counted = flops.xla_step_flops(c, mask_ratio, mesh)
   assert 1.0 <= counted / analytic < 1.08, (counted, analytic)
   # Full rematerialisation recomputes each block's forward: XLA counts about a third more.
   c.model.image.remat = c.model.text.remat = "full"
-  counted = flops.xla_train_step(c, mask_ratio, mesh)
+  counted = flops.xla_step_flops(c, mask_ratio, mesh)
   assert 1.25 < counted / analytic < 1.45, (counted, analytic)

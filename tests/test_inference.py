@@ -18,11 +18,10 @@ from flip import train_step
 from flip import sharding
 from flip.data import pipeline
 from flip.data import shapes
+from flip.configs import demo
 from flip.models import flip as flip_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import demo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +97,7 @@ def test_search_ranks_by_similarity(model, images):
   np.testing.assert_allclose(scores, want[indices], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_round_trip_gives_identical_embeddings(model, run_dir, images, tmp_path):
   path = str(tmp_path / "demo.flip")
   result = subprocess.run([sys.executable, "tools/export.py", f"--workdir={run_dir[0]}",
@@ -124,7 +124,7 @@ def test_bad_input_names_the_input(model, run_dir, tmp_path):
   empty_run = tmp_path / "empty_run"
   empty_run.mkdir()
   (empty_run / "config.json").write_text(open(os.path.join(run_dir[0], "config.json")).read())
-  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
     inference.FLIPModel.load(str(empty_run))
   not_zip = tmp_path / "model.flip"
   not_zip.write_bytes(b"not a zip file")
@@ -146,6 +146,7 @@ def test_bad_input_names_the_input(model, run_dir, tmp_path):
     model.encode_texts([])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["workdir", "export"])
 def test_notebook_runs_end_to_end(run_dir, tmp_path, monkeypatch, source):
   """notebooks/flip_inference.ipynb, executed in a fresh kernel with no network."""

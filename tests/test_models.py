@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flip import config_lib
+from flip.configs import common
 from flip.models import flip as flip_lib
 from flip.models import text as text_lib
 from flip.models import transformer
@@ -23,7 +24,8 @@ def count(tree):
 @pytest.mark.parametrize("size,vision,text,total", [
     ("B/16", 86, 53, 141), ("L/16", 303, 109, 414), ("H/14", 631, 334, 967)])
 def test_parameter_counts_match_table9(size, vision, text, total):
-  c = config_lib.paper_config(size, mask_ratio=0.5)
+  c = config_lib.base_config()
+  common.set_model(c, size)
   model = flip_lib.from_config(c.model)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 32), jnp.int32)))
@@ -86,7 +88,7 @@ def test_mask_zero_equals_no_masking():
                      rngs={"mask": jax.random.key(3)})
   np.testing.assert_array_equal(plain, zero)
   # Independently: a ratio-0 random_masking is a pure permutation, which the encoder + GAP ignore.
-  encoder = transformer.Encoder(depth=2, num_heads=2)
+  encoder = transformer.Encoder(depth=2, num_heads=2)  # default TowerOptions
   x = jax.random.normal(jax.random.key(4), (3, 16, 32))
   shuffled, _ = vit.random_masking(x, jax.random.key(5), 0.0)
   ep = encoder.init(jax.random.key(0), x)
@@ -155,7 +157,8 @@ def test_masking_before_the_patch_embedding_equals_masking_after_it(monkeypatch)
   tokens = (patches @ image["patch_embed"]["kernel"] + image["patch_embed"]["bias"]
             + vit.sincos_2d(4, 4, 32)[None])
   tokens = np.take_along_axis(np.asarray(tokens), np.asarray(idx)[..., None], axis=1)
-  encoder = transformer.Encoder(depth=2, num_heads=2, scan=True)
+  encoder = transformer.Encoder(depth=2, num_heads=2,
+                                options=transformer.TowerOptions(scan=True))
   features = encoder.apply({"params": image["encoder"]}, jnp.asarray(tokens)).mean(axis=1)
   want = flip_lib.l2_normalize(features @ params["image_proj"]["kernel"])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -186,8 +189,9 @@ def test_auto_attention_takes_cudnn_only_where_it_applies(monkeypatch, device, d
 def test_attention_choice_is_checked_and_xla_equals_auto_on_cpu():
   c = config_lib.base_config()
   c.model.attention = "flash"
+  c.input.data = "tfds:flip_shapes"
   with pytest.raises(ValueError, match="config.model.attention='flash'"):
-    flip_lib.from_config(c.model)
+    config_lib.resolve(c)
   model = tiny_model()
   params, images, tokens = init(model)
   c = config_lib.base_config()

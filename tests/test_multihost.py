@@ -83,6 +83,7 @@ def join_env(num_processes: int, port: int, process_id: int) -> dict[str, str]:
 MESH, TAG = "fsdp=4", "fsdp4"
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_checkpoint_like_one(tmp_path):
   """2 processes x 2 devices == 1 process x 4 devices: same losses and params, each process
   feeding its half of the global batch; the checkpoint both write restores exactly, also into
@@ -154,6 +155,7 @@ def events_pids(workdir) -> list[int]:
                              os.path.basename(n)).group(2)) for n in names)
 
 
+@pytest.mark.slow
 def test_flip_main_runs_and_resumes_as_two_processes(shapes_data_dir, tmp_path):
   """`python -m flip.main` as 2 processes (flags --coordinator_address/--num_processes/
   --process_id): trains, evaluates, checkpoints, and a rerun resumes from the checkpoint."""
@@ -195,11 +197,26 @@ def test_flip_main_runs_and_resumes_as_two_processes(shapes_data_dir, tmp_path):
 
 # flip.distributed's settings, without starting anything (jax.distributed.initialize recorded).
 
+# What the clusters' launchers set (and JAX's detection reads): none of it inherited by a test.
+CLUSTER_ENV = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+               "SLURM_LOCALID", "SLURM_STEP_NUM_NODES", "OMPI_MCA_orte_hnp_uri",
+               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+               "TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+               "MEGASCALE_NUM_SLICES", "TPU_SKIP_MDS_QUERY", "JAX_FORCE_TPU_INIT",
+               "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX")
+
+
+def no_metadata_server(key):
+  raise OSError(f"no metadata server in tests (asked for {key})")
+
+
 @pytest.fixture
 def calls(monkeypatch):
-  for name in DISTRIBUTED_ENV + ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
-                                 "SLURM_PROCID", "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri"):
+  """jax.distributed.initialize recorded, in an environment of no cluster at all."""
+  for name in DISTRIBUTED_ENV + CLUSTER_ENV:
     monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(distributed, "_cloud_tpu_vm", lambda: False)
+  monkeypatch.setattr(distributed, "_gce_metadata", no_metadata_server)
   recorded = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: recorded.append(kw))
   return recorded
@@ -260,3 +277,145 @@ def test_inconsistent_settings_fail_clearly(calls, monkeypatch, args, env, messa
   with pytest.raises(ValueError, match=message):
     distributed.initialize(*args)
   assert calls == []
+
+
+# Cluster detection from a fake environment (flip.distributed reads it without JAX internals).
+
+SLURM = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0"}
+OMPI = {"OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911",
+        "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
+K8S = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "0"}
+GCE_TWO_HOSTS = {"agent-worker-number": "0",
+                 "worker-network-endpoints": "w0:0:10.0.0.2,w1:1:10.0.0.3"}
+GCE_ONE_HOST = {"agent-worker-number": "0", "worker-network-endpoints": "10.0.0.2"}
+
+
+def fake_cluster(monkeypatch, env=(), tpu_vm=False, metadata=None, installed=()):
+  """This process in a fake cluster: its environment variables, whether it is a Cloud TPU VM,
+  its GCE metadata ({key: value}; None: no metadata server) and the packages installed."""
+  for name, value in dict(env).items():
+    monkeypatch.setenv(name, value)
+  monkeypatch.setattr(distributed, "_cloud_tpu_vm", lambda: tpu_vm)
+  if metadata is not None:
+    monkeypatch.setattr(distributed, "_gce_metadata", metadata.get)
+  monkeypatch.setattr(distributed, "_installed", lambda module: module in installed)
+
+
+@pytest.mark.parametrize("kind,cluster", [
+    ("ompi", dict(env={**OMPI, "OMPI_COMM_WORLD_SIZE": "4"})),
+    ("slurm", dict(env={**SLURM, "SLURM_NTASKS": "2"})),
+    ("gke_tpu", dict(env={"TPU_WORKER_HOSTNAMES": "h0,h1", "TPU_WORKER_ID": "0"}, tpu_vm=True)),
+    ("gke_tpu_addresses", dict(env={"TPU_PROCESS_ADDRESSES": "h0:8476,h1:8476"}, tpu_vm=True)),
+    ("gke_tpu_multislice", dict(env={"TPU_WORKER_HOSTNAMES": "h0", "MEGASCALE_NUM_SLICES": "2"},
+                                tpu_vm=True)),
+    ("gce_tpu", dict(tpu_vm=True, metadata=GCE_TWO_HOSTS)),
+    ("gce_tpu_multislice", dict(tpu_vm=True, metadata={
+        **GCE_ONE_HOST, "tpu-env": "ACCELERATOR_TYPE: 'v5litepod-8'\nMEGASCALE_NUM_SLICES: '2'"})),
+    ("k8s", dict(env=K8S, installed=("kubernetes",))),  # its size: the Kubernetes API, JAX's job
+])
+def test_each_cluster_kind_detected_with_several_processes(calls, monkeypatch, kind, cluster):
+  fake_cluster(monkeypatch, **cluster)
+  name = {"ompi": "OmpiCluster", "slurm": "SlurmCluster", "gce": "GceTpuCluster",
+          "gke": "GkeTpuCluster", "k8s": "K8sCluster"}[kind.split("_")[0]]
+  assert distributed.detected_cluster() == name
+  distributed.initialize()  # JAX finds the settings itself
+  assert calls == [dict(coordinator_address=None, num_processes=None, process_id=None)]
+
+
+@pytest.mark.parametrize("cluster", [
+    dict(env={**OMPI, "OMPI_COMM_WORLD_SIZE": "1"}),
+    dict(env={**SLURM, "SLURM_NTASKS": "1"}),
+    dict(env={"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2"}),  # an salloc shell, not in srun
+    dict(env={"TPU_WORKER_HOSTNAMES": "h0", "TPU_WORKER_ID": "0"}, tpu_vm=True),
+    dict(env={"TPU_WORKER_HOSTNAMES": "h0,h1"}),  # not a TPU VM
+    dict(tpu_vm=True, metadata=GCE_ONE_HOST),  # a single-host TPU VM
+    dict(tpu_vm=True, metadata={}),  # a TPU VM of no pod slice
+    dict(env={"TPU_SKIP_MDS_QUERY": "1"}, tpu_vm=True, metadata=GCE_TWO_HOSTS),
+    dict(env=K8S),  # JAX's Kubernetes detection needs the kubernetes package
+    dict(env={"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, installed=("kubernetes",)),  # not indexed
+])
+def test_one_process_clusters_are_single_process_runs(calls, monkeypatch, cluster):
+  fake_cluster(monkeypatch, **cluster)
+  assert distributed.detected_cluster() is None
+  distributed.initialize()
+  assert calls == []
+
+
+def test_no_cluster_environment_detects_nothing(calls):
+  assert distributed.detected_cluster() is None
+  distributed.initialize()
+  assert calls == []
+
+
+def test_one_process_setting_wins_over_a_cluster(calls, monkeypatch):
+  fake_cluster(monkeypatch, env={**SLURM, "SLURM_NTASKS": "2"})
+  monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "1")
+  distributed.initialize()
+  assert calls == []
+
+
+def test_cluster_jax_does_not_find_is_a_single_process(calls, monkeypatch):
+  """Left to JAX (metadata server not answering here, a Kubernetes Job's size) and JAX finds no
+  cluster: a single process, or an error where some settings were given."""
+  def nothing_detected(**kwargs):
+    calls.append(kwargs)
+    raise ValueError("coordinator_address should be defined.")
+  monkeypatch.setattr(jax.distributed, "initialize", nothing_detected)
+  fake_cluster(monkeypatch, tpu_vm=True)  # and no metadata server (the fixture's)
+  assert distributed.detected_cluster() == "GceTpuCluster"
+  distributed.initialize()
+  fake_cluster(monkeypatch, env=K8S, installed=("kubernetes",))
+  assert distributed.detected_cluster() == "K8sCluster"
+  distributed.initialize()
+  assert len(calls) == 2
+  with pytest.raises(ValueError, match="coordinator address and number of processes are not"):
+    distributed.initialize(process_id=0)
+
+
+def test_bad_cluster_process_count_fails_clearly(calls, monkeypatch):
+  fake_cluster(monkeypatch, env={**SLURM, "SLURM_NTASKS": "two"})
+  with pytest.raises(ValueError, match="SLURM_NTASKS='two'.*integer"):
+    distributed.initialize()
+  assert calls == []
+
+
+def test_metadata_server_and_tpu_vm_checks(monkeypatch):
+  """The real checks behind the fakes above: a GCE metadata server (one served here), whether
+  this machine is a Cloud TPU VM (it is none, unless JAX is told to initialize a TPU)."""
+  import http.server
+  import threading
+
+  class Metadata(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+      known = self.headers.get("Metadata-Flavor") == "Google" and self.path.endswith(
+          "/computeMetadata/v1/instance/attributes/agent-worker-number")
+      self.send_response(200 if known else 404)
+      self.end_headers()
+      self.wfile.write(b"3" if known else b"not found")
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.HTTPServer(("localhost", 0), Metadata)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    monkeypatch.setenv("GCE_METADATA_IP", f"localhost:{server.server_port}")
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    assert distributed._gce_metadata("agent-worker-number") == "3"
+    assert distributed._gce_metadata("worker-network-endpoints") is None
+  finally:
+    server.shutdown()
+    server.server_close()
+  monkeypatch.delenv("JAX_FORCE_TPU_INIT", raising=False)
+  monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+  monkeypatch.setattr(distributed, "_installed", lambda module: False)
+  assert not distributed._cloud_tpu_vm()  # no libtpu: JAX runs no TPU here
+  monkeypatch.setenv("JAX_FORCE_TPU_INIT", "1")
+  assert distributed._cloud_tpu_vm()
+
+
+def test_detection_uses_no_jax_internals():
+  with open(os.path.join(ROOT, "flip", "distributed.py")) as f:
+    assert "jax._src" not in f.read()

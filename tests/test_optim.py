@@ -37,7 +37,7 @@ def test_lr_is_base_times_batch_over_256_with_warmup_then_cosine():
 
 
 def test_lengths_in_samples_convert_with_the_batch():
-  c = config_lib.paper_config("L/16", 0.5)
+  c = config_lib.load_recipe("vitl16_mask50")
   assert config_lib.steps_from(c, "total", 65536) == math.ceil(12.8e9 / 65536)
   assert config_lib.steps_from(c.optim, "warmup", 65536) == math.ceil(51.2e6 / 65536)
   np.testing.assert_allclose(optim.peak_lr(c), 1.024e-3)

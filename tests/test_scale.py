@@ -137,7 +137,9 @@ def test_remat_keeps_gradients_and_saves_memory(policy, no_remat):
   value, grads, report, _ = grads_and_memory(c)
   want_value, want_grads, want_report, _ = no_remat
   assert value == pytest.approx(want_value, rel=1e-6)
-  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7),
+  # Recomputation reorders float sums: entries of ~1e-2 differ by up to ~1e-6 (seen on an AMD EPYC
+  # CPU, also with the code before the options refactor).
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=2e-6),
                grads, want_grads)
   # Recomputing in the backward pass keeps fewer activations alive.
   assert report.temporaries < want_report.temporaries, (report, want_report)
@@ -148,7 +150,8 @@ def test_remat_per_tower_changes_only_that_tower():
   c = small_config(depth=4)
   c.model.image.remat = "full"
   model = flip_lib.from_config(c.model)
-  assert model.image.remat == "full" and model.text.remat == "none"
+  assert model.image.options.remat == "full" and model.text.options.remat == "none"
+  assert model.image.options.scan == model.text.options.scan == c.model.scan_layers
 
 
 def test_bfloat16_compute_keeps_float32_master_weights(no_remat):
@@ -213,9 +216,9 @@ def init_error(c, devices=None):
     (lambda c: (c.mesh.update(data=8), c.input.update(global_batch_size=12)), None,
      "use a multiple of 8"),
     (lambda c: c.update(logical_axis_rules=tuple(
-        r for r in config_lib.DEFAULT_LOGICAL_AXIS_RULES if r[0] != "mlp")), None,
+        r for r in sharding.DEFAULT_LOGICAL_AXIS_RULES if r[0] != "mlp")), None,
      "logical axes ['mlp'] that no rule"),
-    (lambda c: c.update(logical_axis_rules=config_lib.DEFAULT_LOGICAL_AXIS_RULES + (
+    (lambda c: c.update(logical_axis_rules=sharding.DEFAULT_LOGICAL_AXIS_RULES + (
         ("extra", "tensor"),)), None, "must be (logical_name, mesh_axes)"),
     (lambda c: c.mesh.update(data=1, fsdp=1, model=8), None,
      "'heads' dimension of size 2 cannot be split 8 ways"),
@@ -240,4 +243,4 @@ def test_bad_model_levers_are_named(field, value, message):
   *parent, leaf = field.split(".")
   (c.model[parent[0]] if parent else c.model)[leaf] = value
   with pytest.raises(ValueError, match=message):
-    flip_lib.from_config(c.model)
+    config_lib.resolve(c)  # the config gate checks every choice

@@ -215,6 +215,7 @@ def test_tsv_without_header(tmp_path):
   assert dict(skips.counts) == {"malformed_row": 1}
 
 
+@pytest.mark.slow
 def test_missing_csv_is_a_clear_error(tmp_path):
   missing = str(tmp_path / "nope.tsv")
   with pytest.raises(ValueError, match="nope.tsv"):
@@ -223,6 +224,7 @@ def test_missing_csv_is_a_clear_error(tmp_path):
   assert result.returncode != 0 and missing in result.stderr
 
 
+@pytest.mark.slow
 def test_make_shards_cli(tmp_path):
   _make_image_folder(tmp_path / "in")
   out = tmp_path / "out"
@@ -261,6 +263,7 @@ def test_build_vocab_loads_in_tokenizer_without_unk(tmp_path):
   assert (ids[:, 0] == 2).all()  # [CLS]
 
 
+@pytest.mark.slow
 def test_build_vocab_cli(tmp_path):
   captions = tmp_path / "captions.tsv"
   captions.write_text("".join(f"img{i}.jpg\t{c}\n" for i, c in enumerate(_corpus())),

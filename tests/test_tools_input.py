@@ -6,9 +6,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from flip import config_lib
 from flip.data import pipeline
 from flip.data import tokenizer as tokenizer_lib
+
+pytestmark = pytest.mark.slow  # subprocess runs of the tools and the trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,8 +64,7 @@ def test_trainer_accepts_a_vocabulary_built_by_build_vocab(shapes_data_dir, tmp_
              f"--output={tmp_path}/vocab.txt")
   size = int(re.search(r"--config\.model\.text\.vocab_size=(\d+)", out).group(1))
   assert size == len((tmp_path / "vocab.txt").read_text().splitlines()) < 1000
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  import demo  # pylint: disable=g-import-not-at-top
+  from flip.configs import demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config("local")
   config.input.data_dir = shapes_data_dir
   config.input.vocab_path = str(tmp_path / "vocab.txt")

@@ -14,11 +14,14 @@ import tensorflow as tf
 
 import shard_fixtures as fx
 from flip import checkpoint
+from flip import errors
 from flip import train
+from flip import train_step
+from flip.configs import demo
+
+pytestmark = pytest.mark.slow  # training loops and subprocess runs of flip.main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import demo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def local_config(data_dir, **overrides):
@@ -38,8 +41,8 @@ def final_params(workdir, config):
   from flip import optim, sharding
   from flip.models import flip as flip_lib
   mesh = sharding.make_mesh(config.mesh)
-  _, abstract = train.init_state(config, flip_lib.from_config(config.model), optim.make(config),
-                                 mesh)
+  _, abstract = train_step.init_state(config, flip_lib.from_config(config.model),
+                                      optim.make(config), mesh)
   ckpt = checkpoint.Checkpointer(workdir, 1, 3)
   state, _ = ckpt.restore(abstract)
   ckpt.close()
@@ -122,7 +125,7 @@ def test_trains_from_every_source_format(shapes_data_dir, tmp_path):
 def test_nan_guard_stops_with_a_clear_message(shapes_data_dir, tmp_path):
   config = local_config(shapes_data_dir, evals={}, checkpoint_every_steps=2, log_every_steps=1,
                         **{"optim.base_lr": 1e12, "optim.warmup_steps": 1})
-  with pytest.raises(train.DivergedError, match="diverged.*base_lr"):
+  with pytest.raises(errors.DivergedError, match="diverged.*base_lr"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
   if steps:  # whatever was saved was saved before the loss went bad
@@ -175,12 +178,11 @@ def test_demo_learns_well_above_chance(shapes_data_dir, tmp_path):
   timeout.
   """
   code = f"""
-import json, sys
-sys.path.insert(0, "configs")
+import json
 import tensorflow as tf
 tf.config.set_visible_devices([], "GPU")
-import demo
 from flip import train
+from flip.configs import demo
 config = demo.get_config()
 config.input.data_dir = {shapes_data_dir!r}
 config.total_steps = config.checkpoint_every_steps = 250

@@ -1,11 +1,8 @@
 """Unmasked tuning: loading a pretrained run into another model (resolution, text length,
 block layout), clear failures, the tuning recipes, and masked-inference evaluation."""
 
-import os
-import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -16,16 +13,13 @@ from flip import sharding
 from flip import train
 from flip import train_step
 from flip.data import tokenizer as tokenizer_lib
-from flip.evaluation import encode
-from flip.evaluation import linear_probe
-from flip.evaluation import retrieval
-from flip.evaluation import zeroshot
+from flip.evaluation import embed
+from flip.evaluation import suite
 from flip.models import convert
+from flip.configs import common
+from flip.configs import demo
 from flip.models import flip as flip_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "configs"))
-import demo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def tiny(image_size=16, patch=4, max_len=8, width=32, depth=2, scan=True):
@@ -66,7 +60,7 @@ def pretrained_run(tmp_path_factory):
 def load_into(c, workdir, devices=1):
   c.init_from = workdir
   mesh, init_fn, abstract = abstract_of(c, devices)
-  params = pretrained.load_params(c, mesh, abstract.params)
+  params = pretrained.initial_params(c, mesh, abstract.params)
   return init_fn(jax.random.key(0), params), abstract
 
 
@@ -140,13 +134,13 @@ def test_missing_or_wrong_init_from_fails_clearly(pretrained_run, tmp_path):
 
 def test_tuning_recipes_carry_the_paper_settings():
   for name, size in (("vitb16", "B/16"), ("vitl16", "L/16"), ("vith14", "H/14")):
-    c = config_lib.load_recipe(os.path.join(ROOT, "configs", f"{name}_unmasked_tuning.py"))
+    c = config_lib.load_recipe(f"{name}_unmasked_tuning")
     assert c.stage == "tune" and c.mask_ratio == 0.0 and c.init_from is None
     assert c.optim.base_lr * c.input.global_batch_size / 256 == pytest.approx(1.024e-5)
     assert config_lib.steps_from(c.optim, "warmup", 65536) == 391  # 25.6M samples
     assert config_lib.steps_from(c, "total", 65536) == 1954  # 128M samples, 0.32 epoch
-    assert c.model.image.width == config_lib.model_size(size)["image"]["width"]
-  demo_tune = config_lib.load_recipe(os.path.join(ROOT, "configs", "demo_unmasked_tuning.py"))
+    assert c.model.image.width == common.model_size(size)["image"]["width"]
+  demo_tune = config_lib.load_recipe("demo_unmasked_tuning")
   assert demo_tune.stage == "tune" and demo_tune.mask_ratio == 0.0
   assert demo_tune.model.to_dict() == demo.get_config().model.to_dict()
 
@@ -158,12 +152,12 @@ def test_masked_inference_is_an_evaluator_option(shapes_data_dir):
   mesh, init_fn, _ = abstract_of(c, devices=8)
   params = init_fn(jax.random.key(0)).params
   model = flip_lib.from_config(c.model)
-  encoder = encode.Encoder(model, tokenizer_lib.Tokenizer(None, 8), mesh, 16)
+  encoder = embed.Embedder(model, tokenizer_lib.Tokenizer(None, 8), mesh, 16)
   images = np.random.default_rng(1).standard_normal((20, 32, 32, 3)).astype(np.float32)
   full, masked = encoder.images(params, images), encoder.images(params, images, 0.5)
   np.testing.assert_array_equal(masked, encoder.images(params, images, 0.5))  # repeatable
   assert np.abs(full - masked).max() > 1e-3
-  rng = jax.random.fold_in(jax.random.key(encode.MASK_SEED), 0)  # the first batch's masks
+  rng = jax.random.fold_in(jax.random.key(embed.MASK_SEED), 0)  # the first batch's masks
   want = model.apply({"params": params}, images[:16], 0.5, method=flip_lib.FLIP.encode_image,
                      rngs={"mask": rng})
   np.testing.assert_allclose(masked[:16], want, atol=2e-5)
@@ -172,28 +166,28 @@ def test_masked_inference_is_an_evaluator_option(shapes_data_dir):
   seen = []
   encode_images = encoder.images
   encoder.images = lambda p, x, ratio=0.0: seen.append(ratio) or encode_images(p, x, ratio)
-  split = dict(dataset="flip_shapes", split="validation", max_examples=40)
-  for cls, ev in ((zeroshot.ZeroShot, dict(templates=("a {}.",), **split)),
-                  (retrieval.Retrieval, split),
-                  (linear_probe.LinearProbe, dict(dataset="flip_shapes", train_split="train",
-                                                  max_train_examples=40, test_split="validation",
-                                                  max_test_examples=40))):
+  split = dict(dataset="flip_shapes", split="validation", max_examples=40, every_steps=1)
+  for ev in (dict(type="zeroshot", templates=("a {}.",), **split),
+             dict(type="retrieval", **split),
+             dict(type="linear_probe", dataset="flip_shapes", train_split="train",
+                  max_train_examples=40, test_split="validation", max_test_examples=40,
+                  every_steps=1)):
     for ratio in (0.0, 0.75):
       seen.clear()
-      cls(ml_collections.ConfigDict(dict(ev, mask_ratio=ratio)), c, encoder)(params)
-      assert seen and set(seen) == {ratio}, (cls, seen)
+      suite.make_evaluator(dict(ev, mask_ratio=ratio), c, encoder)(params)
+      assert seen and set(seen) == {ratio}, (ev["type"], seen)
   with pytest.raises(ValueError, match="mask_ratio=1.0 must be in"):
-    zeroshot.ZeroShot(ml_collections.ConfigDict(dict(split, mask_ratio=1.0)), c, encoder)
+    suite.make_evaluator(dict(type="zeroshot", mask_ratio=1.0, **split), c, encoder)
 
 
+@pytest.mark.slow
 def test_tuning_run_starts_from_the_pretraining_run(shapes_data_dir, tmp_path):
   """Pretrain the :local demo 10 steps at 32 px, then tune it unmasked at 48 px for 4 steps."""
   pre = demo.get_config("local")
   pre.update(total_steps=10, checkpoint_every_steps=10)
   pre.input.data_dir = shapes_data_dir
   train.train_and_evaluate(pre, str(tmp_path / "pre"))
-  tune = config_lib.load_recipe(os.path.join(ROOT, "configs", "demo_unmasked_tuning.py"),
-                                "local")
+  tune = config_lib.load_recipe("demo_unmasked_tuning", "local")
   tune.update(total_steps=4, checkpoint_every_steps=4, init_from=str(tmp_path / "pre"))
   tune.input.update(data_dir=shapes_data_dir, image_size=48)
   tune.evals.zeroshot_masked = dict(tune.evals.zeroshot.to_dict(), mask_ratio=0.5)

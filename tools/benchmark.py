@@ -24,11 +24,8 @@ the machine is doing.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -36,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from flip import config_lib  # noqa: E402  pylint: disable=g-import-not-at-top
-from flip import flops as flops_lib  # noqa: E402
-from flip import hostmem  # noqa: E402
-from flip import sharding  # noqa: E402
-from flip import train_step  # noqa: E402
-from flip.models import transformer  # noqa: E402
-import open_clip_peer  # noqa: E402
+from flip import cli
+from flip import config_lib
+from flip import errors
+from flip import flops as flops_lib
+from flip import hostmem
+from flip import sharding
+from flip import train_step
+from flip.models import transformer
+import open_clip_peer  # tools/open_clip_peer.py, beside this script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/demo.py.",
                                           lock_config=False)
@@ -128,13 +125,13 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   del state, compiled
   return {"mask_ratio": mask_ratio, "batch": batch_size, "step_s": step_s,
           "images_per_s": batch_size / step_s, "compile_s": compile_s,
-          "xla_flops_per_step": flops_lib.xla_train_step(config, mask_ratio, mesh)}
+          "xla_flops_per_step": flops_lib.xla_step_flops(config, mask_ratio, mesh)}
 
 
 def add_flops(row: dict, shape: flops_lib.ClipShape, peak: float, datasheet: float | None,
               devices: int) -> dict:
   """Model FLOPs, achieved FLOP/s and MFU (per device: the step runs on `devices`)."""
-  model_flops = flops_lib.train_step(shape, row["mask_ratio"], row["batch"])
+  model_flops = flops_lib.step_flops(shape, row["mask_ratio"], row["batch"])
   achieved = model_flops / row["step_s"] / devices
   row.update(model_flops_per_step=model_flops, flops_per_s_per_device=achieved,
              mfu=achieved / peak, mfu_datasheet=achieved / datasheet if datasheet else None)
@@ -173,15 +170,15 @@ def main(argv):
     config.input.global_batch_size = _BATCH.value
   if not config.input.data:  # the paper recipes name none; the benchmark reads no data
     config.input.data = "tfds:synthetic"
-  config_lib.validate(config)
+  config = config_lib.resolve(config)
   if _PEER.value == "open_clip":
     open_clip_peer.require()
     if jax.device_count() > 1 or jax.default_backend() == "tpu":
-      raise SystemExit("--peer=open_clip compares one CPU or one GPU: run it with one device "
-                       "(e.g. CUDA_VISIBLE_DEVICES=0).")
+      raise errors.ConfigError("--peer=open_clip compares one CPU or one GPU: run it with one "
+                               "device (e.g. CUDA_VISIBLE_DEVICES=0).")
   masks = [float(m) for m in _MASKS.value]
   device = jax.devices()[0]
-  dtype = config.model.get("dtype", "float32")
+  dtype = config.model.dtype
   devices = jax.device_count()
   print(f"devices: {devices} x {device.device_kind} ({jax.default_backend()}); batch "
         f"{config.input.global_batch_size}; image {config.input.image_size}px / patch "
@@ -241,5 +238,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  hostmem.reexec_with_huge_pages()  # before JAX starts: see flip/hostmem.py
-  app.run(main)
+  cli.run(main, tensorflow=False)

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from flip import config_lib  # noqa: E402
-from flip.data import pipeline  # noqa: E402
-from flip.data import shard_writer  # noqa: E402
-from flip.data import tokenizer as tokenizer_lib  # noqa: E402
+from flip import cli
+from flip import config_lib
+from flip.data import pipeline
+from flip.data import shard_writer
+from flip.data import tokenizer as tokenizer_lib
 
 _DATA = flags.DEFINE_string("data", None, "config.input.data to read; default: generated shards.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Training resolution.")
@@ -93,7 +91,6 @@ def measure(config, threads: int, batches: int, warmup: int) -> float:
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], "GPU")
   cores = os.cpu_count() or 1
   with tempfile.TemporaryDirectory() as tmp:
     data = _DATA.value
@@ -118,4 +115,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, join=False)

@@ -18,7 +18,6 @@ import csv
 import io
 import itertools
 import os
-import sys
 from typing import Iterable, Iterator
 
 from absl import app
@@ -26,6 +25,8 @@ from absl import flags
 import tensorflow as tf
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
 
+from flip import cli
+from flip import errors
 from flip.data import tokenizer as tokenizer_lib
 
 RESERVED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -40,16 +41,16 @@ def read_captions(path: str, column: int | None = None, delimiter: str | None = 
   rows without the column are left out.
   """
   if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
-    raise ValueError(f"--captions {path} does not exist or is not a file; give a text file "
-                     "with one caption per line (or a TSV/CSV with --column).")
+    raise errors.ConfigError(f"--captions {path} does not exist or is not a file; give a text file "
+                             "with one caption per line (or a TSV/CSV with --column).")
   if delimiter is None:
     delimiter = "," if path.lower().endswith(".csv") else "\t"
   with tf.io.gfile.GFile(path, "rb") as f:
     try:
       text = f.read().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-      raise ValueError(f"--captions {path} is not UTF-8 text ({e}); convert it, e.g. with "
-                       "`iconv -f latin1 -t utf-8`.") from e
+      raise errors.ConfigError(f"--captions {path} is not UTF-8 text ({e}); convert it, e.g. with "
+                               "`iconv -f latin1 -t utf-8`.") from e
   if column is None:
     rows = ([line] for line in text.splitlines())
     column = 0
@@ -72,11 +73,13 @@ def build_vocab(captions: Iterable[str], vocab_size: int = 30522,
   """
   reserved = list(reserved_tokens)
   if reserved[:1] != ["[PAD]"] or not {"[UNK]", "[CLS]", "[SEP]"} <= set(reserved):
-    raise ValueError(f"reserved_tokens {reserved} must start with [PAD] and contain [UNK], [CLS] "
-                     "and [SEP]: flip.data.tokenizer.Tokenizer needs them.")
+    raise errors.ConfigError(
+        f"reserved_tokens {reserved} must start with [PAD] and contain [UNK], [CLS] "
+        "and [SEP]: flip.data.tokenizer.Tokenizer needs them.")
   if vocab_size <= len(reserved):
-    raise ValueError(f"vocab_size={vocab_size} leaves no room beyond the {len(reserved)} reserved "
-                     "tokens; ask for thousands (BERT uses 30522).")
+    raise errors.ConfigError(
+        f"vocab_size={vocab_size} leaves no room beyond the {len(reserved)} reserved "
+        "tokens; ask for thousands (BERT uses 30522).")
   texts = tf.data.Dataset.from_generator(lambda: iter(captions),
                                          output_signature=tf.TensorSpec([], tf.string))
   texts = texts.batch(BATCH).map(tokenizer_lib.normalize)
@@ -118,13 +121,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass everything as --flags.")
   f = flags.FLAGS
   delimiter = f.delimiter.encode().decode("unicode_escape") if f.delimiter else None
-  try:
-    captions = list(read_captions(f.captions, f.column, delimiter, f.skip_header, f.max_lines))
-    if not captions:
-      raise ValueError(f"--captions {f.captions} holds no non-empty caption.")
-    vocab = build_vocab(captions, f.vocab_size, lower_thresh=f.lower_thresh)
-  except ValueError as e:
-    sys.exit(f"build_vocab: {e}")
+  captions = list(read_captions(f.captions, f.column, delimiter, f.skip_header, f.max_lines))
+  if not captions:
+    raise errors.ConfigError(f"--captions {f.captions} holds no non-empty caption.")
+  vocab = build_vocab(captions, f.vocab_size, lower_thresh=f.lower_thresh)
   output = f.output if "://" in f.output else os.path.abspath(f.output)
   write_vocab(vocab, output)
   print(f"Learned {len(vocab)} tokens (target {f.vocab_size}) from {len(captions)} captions; "
@@ -135,4 +135,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, join=False)

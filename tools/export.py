@@ -10,12 +10,11 @@ config.json (the run's config) and vocab.txt (its WordPiece vocabulary);
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flip import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir.")
 _OUT = flags.DEFINE_string("out", None, "The file to write, e.g. model.flip.")
@@ -26,17 +25,11 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
   from flip import inference  # pylint: disable=g-import-not-at-top
-  try:
-    path = inference.export(_WORKDIR.value, _OUT.value, _STEP.value)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  path = inference.export(_WORKDIR.value, _OUT.value, _STEP.value)
   print(f"Wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB); load it with "
         f"flip.inference.FLIPModel.load({path!r}).")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,16 +11,14 @@ source reads pairs.tsv directly.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from flip.data import sources  # noqa: E402
+from flip import cli
+from flip.data import sources
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.", required=True)
 _NUM = flags.DEFINE_integer("num", 4000, "How many examples (from the start of the split).")
@@ -51,10 +49,9 @@ def export(output_dir: str, num: int, split: str = "train", data_dir: str | None
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], "GPU")
   tsv = export(_OUTPUT_DIR.value, _NUM.value, _SPLIT.value, _DATA_DIR.value)
   print(f"wrote {_NUM.value} images with captions to {_OUTPUT_DIR.value}/images and {tsv}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, join=False)

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import re
-import sys
 from typing import Callable, Iterable, Iterator
 
 from absl import app
@@ -37,6 +36,8 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 
+from flip import cli
+from flip import errors
 from flip.data import shard_writer as shard_writer_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -89,8 +90,9 @@ def _read_caption_file(path: str) -> str:
 def find_images(images_dir: str, skips: Skips) -> list[Sample]:
   """Every image under images_dir (sorted) with the caption of its same-stem .txt file."""
   if not tf.io.gfile.isdir(images_dir):
-    raise ValueError(f"--images_dir {images_dir} is not a directory; point it at the folder "
-                     "holding the images and their .txt captions.")
+    raise errors.ConfigError(
+        f"--images_dir {images_dir} is not a directory; point it at the folder "
+        "holding the images and their .txt captions.")
   samples = []
   for folder, _, files in tf.io.gfile.walk(images_dir):
     names = set(files)
@@ -127,8 +129,9 @@ def read_csv(csv_path: str, skips: Skips, delimiter: str | None = None) -> list[
   caption survive); with a header the named columns are used.
   """
   if not tf.io.gfile.exists(csv_path) or tf.io.gfile.isdir(csv_path):
-    raise ValueError(f"--csv {csv_path} does not exist or is not a file; give the path of a "
-                     "file of image_path<TAB>caption rows.")
+    raise errors.ConfigError(
+        f"--csv {csv_path} does not exist or is not a file; give the path of a "
+        "file of image_path<TAB>caption rows.")
   if delimiter is None:
     delimiter = "," if csv_path.lower().endswith(".csv") else "\t"
   base = os.path.dirname(csv_path)
@@ -136,8 +139,8 @@ def read_csv(csv_path: str, skips: Skips, delimiter: str | None = None) -> list[
     try:
       text = f.read().decode("utf-8-sig")
     except UnicodeDecodeError as e:
-      raise ValueError(f"--csv {csv_path} is not UTF-8 text ({e}); convert it, e.g. with "
-                       "`iconv -f latin1 -t utf-8`.") from e
+      raise errors.ConfigError(f"--csv {csv_path} is not UTF-8 text ({e}); convert it, e.g. with "
+                               "`iconv -f latin1 -t utf-8`.") from e
   quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
   rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
   samples, columns, first = [], None, True
@@ -267,14 +270,16 @@ def convert(samples: Iterable[Sample | tuple[str, str]], output_dir: str, fmt: s
   skips carries samples already left out while listing the input, so they are reported too.
   """
   if fmt not in shard_writer_lib.FORMATS:
-    raise ValueError(f"Unknown --format {fmt!r}; choose one of "
-                     f"{', '.join(shard_writer_lib.FORMATS)}.")
+    raise errors.ConfigError(f"Unknown --format {fmt!r}; choose one of "
+                             f"{', '.join(shard_writer_lib.FORMATS)}.")
   if resize is not None and resize < 1:
-    raise ValueError(f"--resize={resize} must be a positive number of pixels (or left unset).")
+    raise errors.ConfigError(
+        f"--resize={resize} must be a positive number of pixels (or left unset).")
   old = _existing_shards(output_dir)
   if old and not overwrite:
-    raise ValueError(f"--output_dir {output_dir} already holds {len(old)} shards ({old[0]}, ...); "
-                     "choose an empty directory or pass --overwrite to replace them.")
+    raise errors.ConfigError(
+        f"--output_dir {output_dir} already holds {len(old)} shards ({old[0]}, ...); "
+        "choose an empty directory or pass --overwrite to replace them.")
   for path in old:
     tf.io.gfile.remove(path)
   skips = skips or Skips()
@@ -356,21 +361,18 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("Give exactly one of --images_dir (images with .txt captions) and --csv.")
   output_dir = f.output_dir if "://" in f.output_dir else os.path.abspath(f.output_dir)
   skips = Skips()
-  try:
-    if f.images_dir:
-      samples = find_images(f.images_dir, skips)
-    else:
-      delimiter = f.delimiter.encode().decode("unicode_escape") if f.delimiter else None
-      samples = read_csv(f.csv, skips, delimiter)
-    stats = convert(samples, output_dir, f.format, f.samples_per_shard, f.resize,
-                    f.resize_only_if_bigger, f.shuffle, f.seed, f.workers, skips, f.overwrite)
-  except ValueError as e:
-    sys.exit(f"make_shards: {e}")
+  if f.images_dir:
+    samples = find_images(f.images_dir, skips)
+  else:
+    delimiter = f.delimiter.encode().decode("unicode_escape") if f.delimiter else None
+    samples = read_csv(f.csv, skips, delimiter)
+  stats = convert(samples, output_dir, f.format, f.samples_per_shard, f.resize,
+                  f.resize_only_if_bigger, f.shuffle, f.seed, f.workers, skips, f.overwrite)
   print(summary(stats, output_dir))
   if not stats["written"]:
-    sys.exit("make_shards: no sample could be written; see the skip reasons above.")
+    raise errors.DataError("no sample could be written; see the skip reasons above.")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, join=False)

@@ -16,6 +16,7 @@ import importlib.util
 import math
 import time
 
+from flip import errors
 from flip import flops
 
 
@@ -36,8 +37,8 @@ def installed() -> bool:
 
 def require():
   if not available():
-    raise SystemExit("--peer=open_clip needs the open-clip-torch package (and torch): "
-                     "`.venv/bin/pip install -r requirements-peer.txt`.")
+    raise errors.ConfigError("--peer=open_clip needs the open-clip-torch package (and torch): "
+                             "`.venv/bin/pip install -r requirements-peer.txt`.")
 
 
 def _optimizer(model, torch, lr=1e-4, weight_decay=0.2):
@@ -119,7 +120,7 @@ def clip_shape(model_name: str, image_size: int, text_len: int) -> flops.ClipSha
   import open_clip  # pylint: disable=g-import-not-at-top
   cfg = open_clip.get_model_config(model_name)
   if cfg is None:
-    raise SystemExit(f"open_clip does not know the model {model_name!r}; "
+    raise errors.ConfigError(f"open_clip does not know the model {model_name!r}; "
                      f"open_clip.list_models() lists those it knows.")
   vision, text = cfg["vision_cfg"], cfg["text_cfg"]
   return flops.ClipShape(

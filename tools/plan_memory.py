@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from flip import cli
 
 # name: (JAX devices, memory per device in GiB). TPU v4/v5p slices are named by TensorCores
 # (2 per chip, one JAX device per chip); v3 exposes each core as a device, v5e has one per chip.
@@ -70,10 +71,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
   devices, hbm_gib = target()
-  # Simulated devices on the host CPU; must be set before JAX is imported.
-  os.environ["JAX_PLATFORMS"] = "cpu"
+  # Simulated devices on the host CPU; set before JAX starts its backend.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={devices}").strip()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu")
   from flip import config_lib, memory, sharding, train_step  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -83,7 +85,7 @@ def main(argv):
     config.input.global_batch_size = _BATCH.value
   if not config.input.data:  # the paper recipes name none; planning reads no data
     config.input.data = "tfds:unused"
-  config_lib.validate(config)
+  config = config_lib.resolve(config)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(config.input.global_batch_size, mesh)
   print(f"{config.model.image.patch_size}px-patch ViT width {config.model.image.width} x "
@@ -98,6 +100,7 @@ def main(argv):
   for policy in _REMAT.value:
     image, _, text = policy.partition("/")
     config.model.image.remat, config.model.text.remat = image, text or image
+    config_lib.validate(config)
     _, _, abstract, step_fn = train_step.build(config, mesh)
     compiled = step_fn.lower(abstract, train_step.abstract_batch(config, mesh)).compile()
     r = memory.report(compiled, abstract)
@@ -114,8 +117,7 @@ def main(argv):
     with open(_JSON.value, "w") as f:
       json.dump({"devices": devices, "hbm_gib": hbm_gib, "mesh": dict(mesh.shape),
                  "global_batch_size": config.input.global_batch_size, "rows": rows}, f, indent=2)
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main, tensorflow=False, join=False)  # JAX's devices are set up in main

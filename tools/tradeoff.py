@@ -16,20 +16,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from flip import cli
+from flip import config_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "demo.py"),
+_CONFIG = config_flags.DEFINE_config_file("config", config_lib.recipe_path("demo"),
                                           "Recipe to pretrain.", lock_config=False)
 _TUNE = config_flags.DEFINE_config_file(
-    "tune", os.path.join(ROOT, "configs", "demo_unmasked_tuning.py"),
+    "tune", config_lib.recipe_path("demo_unmasked_tuning"),
     "Unmasked tuning recipe (its learning rate and warmup are used).", lock_config=False)
 _MASKS = flags.DEFINE_list("masks", ["0", "0.5", "0.75"], "Mask ratios to compare.")
 _BUDGET = flags.DEFINE_float("budget_s", 300.0, "Training wall-clock per mask ratio, seconds.")
@@ -93,8 +92,6 @@ def calibrate(config, mask: float, steps: int, workdir: str) -> float:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
   from flip import evaluation
   masks = [float(m) for m in _MASKS.value]
   base, tune_base, name = _CONFIG.value, _TUNE.value, _EVAL.value
@@ -190,7 +187,4 @@ def plot(results, path: str, name: str, subtitle: str) -> None:
 
 
 if __name__ == "__main__":
-  from flip import hostmem  # pylint: disable=g-import-not-at-top
-  hostmem.reexec_with_huge_pages()  # before JAX starts
-  from flip import cli
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, recipe_flags=("config", "tune"))

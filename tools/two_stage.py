@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flip import cli
+from flip import config_lib
+from flip import distributed
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from flip import cli  # noqa: E402
-from flip import distributed  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PRETRAIN = config_flags.DEFINE_config_file(
-    "pretrain", os.path.join(ROOT, "configs", "demo.py"), "Pretraining recipe (stage 1).")
+    "pretrain", config_lib.recipe_path("demo"), "Pretraining recipe (stage 1).")
 _TUNE = config_flags.DEFINE_config_file(
-    "tune", os.path.join(ROOT, "configs", "demo_unmasked_tuning.py"),
+    "tune", config_lib.recipe_path("demo_unmasked_tuning"),
     "Unmasked tuning recipe (stage 2); its init_from is set to stage 1's workdir.",
     lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Holds pretrain/, tune/ and two_stage.json.")
@@ -65,14 +61,11 @@ def table(columns: dict[str, dict[str, float]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
   from flip import evaluation
   from flip import train
   from etils import epath
   import jax
 
-  distributed.initialize()
   pretrain, tune = _PRETRAIN.value, _TUNE.value
   pre_dir, tune_dir = (os.path.join(_WORKDIR.value, d) for d in ("pretrain", "tune"))
   if tune.stage != "tune" or tune.mask_ratio != 0:
@@ -98,6 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from flip import hostmem  # pylint: disable=g-import-not-at-top
-  hostmem.reexec_with_huge_pages()  # before JAX starts
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, recipe_flags=("pretrain", "tune"))

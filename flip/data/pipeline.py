@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -226,117 +227,178 @@ SKIP_LOG = SkipLog()
 MICRO_BATCH = 32  # records decoded per tf.data element (per-element overhead dominates small images)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How a source's records are decoded: the stream's seed, the training crop's output size and
+  smallest area, and whether `image` holds a file path (csv sources) rather than encoded bytes."""
+  seed: int
+  image_size: int
+  crop_area_min: float
+  from_path: bool = False
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict, source: sources_lib.Source) -> "DecodeOptions":
+    return cls(seed=config.seed, image_size=config.input.image_size,
+               crop_area_min=config.input.crop_area_min, from_path=source.format == "csv")
+
+
+def record_problems(records: dict[str, tf.Tensor], text: tf.Tensor, from_path: bool) -> tf.Tensor:
+  """Why each record of a micro-batch is unusable, '' when it is usable: [M] strings.
+
+  The first that applies of: the reader's own problem, no image, the picked caption's `text`
+  problem, an image of unknown format (not checked for paths).
+  """
+  image_data = records["image"]
+  problem = records["problem"]
+  for check in (tf.where(tf.equal(tf.strings.length(image_data), 0), "no image", ""),
+                text_problem(text),
+                tf.zeros_like(problem) if from_path else tf.where(
+                    tf.equal(image_format(image_data), ""), "not an image (unknown format)", "")):
+    problem = tf.where(tf.equal(problem, ""), check, problem)
+  return problem
+
+
+def decode_image(data: tf.Tensor, crop_seed: tf.Tensor, flip_seed: tf.Tensor,
+                 options: DecodeOptions) -> tf.Tensor:
+  """One record's training image: encoded bytes (or a file path) -> cropped, flipped and
+  normalised f32 [S, S, 3]. Raises (when run) if it cannot be read or decoded."""
+  encoded = tf.io.read_file(data) if options.from_path else data
+  image = random_resized_crop(encoded, crop_seed, options.image_size, options.crop_area_min)
+  return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed))
+
+
+def decode_batch(positions: tf.Tensor, records: dict[str, tf.Tensor],
+                 options: DecodeOptions) -> dict[str, tf.Tensor]:
+  """A micro-batch of M records -> {image f32 [M,S,S,3], text, problem, _position, _key, unit}.
+
+  Every choice (crop, flip, caption) is seeded by the record's position. Usable records (''
+  problem) get their image (decode_image), the others zeros. Raises (when run) if an image that
+  passed the checks cannot be read or decoded.
+  """
+  size = options.image_size
+  seeds = record_seeds(options.seed, positions)  # [M, 3, 2]: crop, flip, caption
+  text = pick_texts(records["text"], seeds[:, 2])
+  problem = record_problems(records, text, options.from_path)
+
+  def load_one_image(args):
+    data, crop_seed, flip_seed, ok = args
+    return tf.cond(ok, lambda: decode_image(data, crop_seed, flip_seed, options),
+                   lambda: tf.zeros([size, size, 3]))
+
+  image = tf.map_fn(load_one_image,
+                    (records["image"], seeds[:, 0], seeds[:, 1], tf.equal(problem, "")),
+                    fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+                    parallel_iterations=1)
+  return dict(image=image, text=text, problem=problem, _position=positions,
+              _key=records["key"], unit=records["unit"])
+
+
+def decode_record(position: tf.Tensor, record: dict[str, tf.Tensor],
+                  options: DecodeOptions) -> tf.data.Dataset:
+  """One record -> a one-element dataset: decode_batch of it as a micro-batch of one or, if that
+  fails, the record marked "corrupt or truncated image" ("image file unreadable" for paths)."""
+  size = options.image_size
+  batched = tf.nest.map_structure(lambda x: x[None], (position, record))
+  ok = tf.data.Dataset.from_tensors(batched).map(
+      functools.partial(decode_batch, options=options)).ignore_errors()
+  failed = tf.data.Dataset.from_tensors(dict(
+      image=tf.zeros([1, size, size, 3]), text=tf.constant([""]),
+      problem=tf.constant(["image file unreadable" if options.from_path else
+                           "corrupt or truncated image"]),
+      _position=position[None], _key=record["key"][None], unit=record["unit"][None]))
+  return ok.concatenate(failed).take(1)
+
+
+def decode_guarded(positions: tf.Tensor, records: dict[str, tf.Tensor],
+                   options: DecodeOptions) -> tf.data.Dataset:
+  """A micro-batch -> a one-element dataset of decode_batch's output for it.
+
+  Decoding errors cannot be caught inside a map, so the micro-batch is decoded in a dataset with
+  ignore_errors(); if that fails, its records are decoded one by one (decode_record), so only
+  the broken ones are marked unusable.
+  """
+  one_by_one = tf.data.Dataset.from_tensor_slices((positions, records)).flat_map(
+      functools.partial(decode_record, options=options))
+  fallback = one_by_one.unbatch().batch(MICRO_BATCH)
+  batch = tf.data.Dataset.from_tensors((positions, records)).map(
+      functools.partial(decode_batch, options=options)).ignore_errors()
+  return batch.concatenate(fallback).take(1)
+
+
+def _last_or(values: tf.Tensor, default: tf.Tensor) -> tf.Tensor:
+  """The last of `values` [n], or `default` if there are none."""
+  return tf.concat([[default], values], axis=0)[-1]
+
+
+def drop_and_count(state: tf.Tensor, mb: dict[str, tf.Tensor], *, source_name: str,
+                   num_units: int, last_chunk: int, max_in_a_row: int = MAX_SKIPPED_IN_A_ROW,
+                   skip_log: SkipLog | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """The scan step over decoded micro-batches: drops unusable records, logs them (`skip_log`,
+  SKIP_LOG by default), and gives each usable one the number dropped just before it.
+
+  state: int64 [2], (unusable records since the last usable one, records since the last epoch's
+  end); an epoch ends with the CHUNK_END marker (index -1) of its chunk `last_chunk`, markers are
+  never counted. Returns (the next state, {image, text, _position, _key, _skipped} of the usable
+  records). Fails (when run) once `max_in_a_row` records in a row were unusable, or when a whole
+  epoch (of `num_units` files) held no records.
+  """
+  in_a_row, in_epoch = tf.unstack(state)
+  position = mb["_position"]
+  marker = position[:, 3] < 0
+  usable = tf.equal(mb["problem"], "")
+  bad = tf.logical_and(tf.logical_not(usable), tf.logical_not(marker))
+  bad_so_far = tf.cumsum(tf.cast(bad, tf.int64))
+  at_usable = tf.gather(bad_so_far, tf.where(usable)[:, 0])
+  skipped = at_usable - tf.concat([[-in_a_row], at_usable[:-1]], axis=0)
+  next_in_a_row = bad_so_far[-1] - _last_or(at_usable, -in_a_row)
+  # Records per epoch, between the markers ending an epoch's last chunk.
+  records_so_far = tf.cumsum(tf.cast(tf.logical_not(marker), tf.int64))
+  at_end = tf.gather(records_so_far, tf.where(
+      tf.logical_and(marker, tf.equal(position[:, 2], last_chunk)))[:, 0])
+  per_epoch = at_end - tf.concat([[-in_epoch], at_end[:-1]], axis=0)
+  next_in_epoch = records_so_far[-1] - _last_or(at_end, -in_epoch)
+  log_fn = SKIP_LOG if skip_log is None else skip_log
+
+  def log():
+    n = tf.numpy_function(log_fn, [tf.constant(source_name), mb["unit"][bad], mb["_key"][bad],
+                                   mb["problem"][bad]], tf.int64, stateful=True)
+    return tf.ensure_shape(n, [])
+
+  logged = tf.cond(tf.reduce_any(bad), log, lambda: tf.constant(0, tf.int64))
+  checks = [
+      tf.debugging.assert_less(
+          next_in_a_row, tf.constant(max_in_a_row, tf.int64),
+          message=f"{max_in_a_row} records in a row of data source {source_name} were "
+                  "unusable (see the 'Skipped record' log lines): check config.input.data."),
+      tf.debugging.assert_positive(
+          tf.concat([per_epoch, [1]], axis=0),
+          message=f"A whole epoch of data source {source_name} ({num_units} file(s) in this "
+                  "process) held no records: the files are empty or not in the source's "
+                  "format; check config.input.data."),
+  ]
+  with tf.control_dependencies([logged] + checks):
+    out = {k: tf.gather(mb[k], tf.where(usable)[:, 0])
+           for k in ("image", "text", "_position", "_key")}
+    out["_skipped"] = skipped
+  return tf.stack([next_in_a_row, next_in_epoch]), out
+
+
 def example_stream(source: sources_lib.Source, source_index: int, units: list[str],
                    config: ml_collections.ConfigDict,
                    start: tuple[int, int, int]) -> tf.data.Dataset:
   """Usable, augmented examples of one source: {image, text, _position, _skipped, _key}.
 
-  Records are decoded in micro-batches. Decoding errors cannot be caught inside a map, so each
-  micro-batch is a one-element dataset with ignore_errors(); if it fails, its records are decoded
-  again one by one the same way, and the one that fails is marked and dropped.
+  Micro-batches of records are decoded (decode_guarded), then the unusable records dropped and
+  counted (drop_and_count).
   """
-  inp = config.input
-  size = inp.image_size
-  from_path = source.format == "csv"
-  image_spec = tf.TensorSpec([size, size, 3], tf.float32)
-
-  def load_batch(positions, records):
-    """Micro-batch -> images, captions and problems ('' when usable); raises if undecodable."""
-    seeds = record_seeds(config.seed, positions)  # [M, 3, 2]: crop, flip, caption
-    text = pick_texts(records["text"], seeds[:, 2])
-    image_data = records["image"]
-    problem = records["problem"]
-    for check in (tf.where(tf.equal(tf.strings.length(image_data), 0), "no image", ""),
-                  text_problem(text),
-                  tf.zeros_like(problem) if from_path else tf.where(
-                      tf.equal(image_format(image_data), ""), "not an image (unknown format)", "")):
-      problem = tf.where(tf.equal(problem, ""), check, problem)
-
-    def load_one_image(args):
-      data, crop_seed, flip_seed, ok = args
-
-      def load():
-        encoded = tf.io.read_file(data) if from_path else data
-        image = random_resized_crop(encoded, crop_seed, size, inp.crop_area_min)
-        return normalize(tf.image.stateless_random_flip_left_right(image, flip_seed))
-
-      return tf.cond(ok, load, lambda: tf.zeros([size, size, 3]))
-
-    image = tf.map_fn(load_one_image, (image_data, seeds[:, 0], seeds[:, 1], tf.equal(problem, "")),
-                      fn_output_signature=image_spec, parallel_iterations=1)
-    return dict(image=image, text=text, problem=problem, _position=positions,
-                _key=records["key"], unit=records["unit"])
-
-  def load_one(position, record):
-    batched = tf.nest.map_structure(lambda x: x[None], (position, record))
-    ok = tf.data.Dataset.from_tensors(batched).map(load_batch).ignore_errors()
-    failed = tf.data.Dataset.from_tensors(dict(
-        image=tf.zeros([1, size, size, 3]), text=tf.constant([""]),
-        problem=tf.constant(["image file unreadable" if from_path else
-                             "corrupt or truncated image"]),
-        _position=position[None], _key=record["key"][None], unit=record["unit"][None]))
-    return ok.concatenate(failed).take(1)
-
-  def guarded(positions, records):
-    one_by_one = tf.data.Dataset.from_tensor_slices((positions, records)).flat_map(load_one)
-    fallback = one_by_one.unbatch().batch(MICRO_BATCH)
-    batch = tf.data.Dataset.from_tensors((positions, records)).map(load_batch).ignore_errors()
-    return batch.concatenate(fallback).take(1)
-
-  last_chunk = num_chunks(len(units), inp.cycle_length) - 1
-
-  def last_of(values, carry):
-    return tf.concat([[carry], values], axis=0)[-1]
-
-  def count(state, mb):
-    """Drops unusable records; each usable one carries how many were dropped just before it.
-
-    state: (unusable records since the last usable one, records since the last epoch's end).
-    """
-    in_a_row, in_epoch = tf.unstack(state)
-    position = mb["_position"]
-    marker = position[:, 3] < 0
-    usable = tf.equal(mb["problem"], "")
-    bad = tf.logical_and(tf.logical_not(usable), tf.logical_not(marker))
-    bad_so_far = tf.cumsum(tf.cast(bad, tf.int64))
-    at_usable = tf.gather(bad_so_far, tf.where(usable)[:, 0])
-    skipped = at_usable - tf.concat([[-in_a_row], at_usable[:-1]], axis=0)
-    next_in_a_row = bad_so_far[-1] - last_of(at_usable, -in_a_row)
-    # Records per epoch, between the markers ending an epoch's last chunk.
-    records_so_far = tf.cumsum(tf.cast(tf.logical_not(marker), tf.int64))
-    at_end = tf.gather(records_so_far, tf.where(
-        tf.logical_and(marker, tf.equal(position[:, 2], last_chunk)))[:, 0])
-    per_epoch = at_end - tf.concat([[-in_epoch], at_end[:-1]], axis=0)
-    next_in_epoch = records_so_far[-1] - last_of(at_end, -in_epoch)
-
-    def log():
-      n = tf.numpy_function(SKIP_LOG, [tf.constant(source.name), mb["unit"][bad], mb["_key"][bad],
-                                       mb["problem"][bad]], tf.int64, stateful=True)
-      return tf.ensure_shape(n, [])
-
-    logged = tf.cond(tf.reduce_any(bad), log, lambda: tf.constant(0, tf.int64))
-    checks = [
-        tf.debugging.assert_less(
-            next_in_a_row, tf.constant(MAX_SKIPPED_IN_A_ROW, tf.int64),
-            message=f"{MAX_SKIPPED_IN_A_ROW} records in a row of data source {source.name} were "
-                    "unusable (see the 'Skipped record' log lines): check config.input.data."),
-        tf.debugging.assert_positive(
-            tf.concat([per_epoch, [1]], axis=0),
-            message=f"A whole epoch of data source {source.name} ({len(units)} file(s) in this "
-                    "process) held no records: the files are empty or not in the source's "
-                    "format; check config.input.data."),
-    ]
-    with tf.control_dependencies([logged] + checks):
-      out = {k: tf.gather(mb[k], tf.where(usable)[:, 0])
-             for k in ("image", "text", "_position", "_key")}
-      out["_skipped"] = skipped
-    return tf.stack([next_in_a_row, next_in_epoch]), out
-
+  decode = functools.partial(decode_guarded, options=DecodeOptions.of(config, source))
+  count = functools.partial(drop_and_count, source_name=source.name, num_units=len(units),
+                            last_chunk=num_chunks(len(units), config.input.cycle_length) - 1)
   # Resumed inside an epoch: the records before the start position count for it.
   in_epoch = 0 if tuple(start[1:]) == (0, 0) else 1
   ds = record_stream(source, source_index, units, config, start).batch(MICRO_BATCH)
   # One micro-batch per inner dataset: the output keeps the input order for any cycle_length.
-  ds = ds.interleave(guarded, cycle_length=max(8, os.cpu_count() or 1), block_length=1,
+  ds = ds.interleave(decode, cycle_length=max(8, os.cpu_count() or 1), block_length=1,
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.scan(tf.constant([0, in_epoch], tf.int64), count).unbatch()
 

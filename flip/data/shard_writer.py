@@ -18,6 +18,8 @@ import tarfile
 
 import tensorflow as tf
 
+from flip import errors
+
 FORMATS = ("wds", "tfrecord")
 _EXTENSIONS = {"wds": "tar", "tfrecord": "tfrecord"}
 
@@ -98,8 +100,9 @@ class _TFRecordShard:
                 "txt": _feature(_caption_bytes(caption))}
     for name, value in (meta or {}).items():
       if name in features:
-        raise ValueError(f"Metadata field {name!r} of sample {key!r} clashes with the TFRecord "
-                         f"feature of the same name; rename it (reserved: {sorted(features)}).")
+        raise errors.ConfigError(
+            f"Metadata field {name!r} of sample {key!r} clashes with the TFRecord "
+            f"feature of the same name; rename it (reserved: {sorted(features)}).")
       if value is not None:
         features[name] = _feature(value)
     example = tf.train.Example(features=tf.train.Features(feature=features))
@@ -114,9 +117,9 @@ class ShardWriter:
 
   def __init__(self, output_dir: str, fmt: str = "wds", samples_per_shard: int = 10_000):
     if fmt not in FORMATS:
-      raise ValueError(f"Unknown shard format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+      raise errors.ConfigError(f"Unknown shard format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if samples_per_shard < 1:
-      raise ValueError(f"samples_per_shard={samples_per_shard} must be at least 1.")
+      raise errors.ConfigError(f"samples_per_shard={samples_per_shard} must be at least 1.")
     tf.io.gfile.makedirs(output_dir)
     self.output_dir = output_dir
     self.fmt = fmt
@@ -134,15 +137,17 @@ class ShardWriter:
             meta: dict | None = None) -> None:
     """Appends one sample; a new shard starts every samples_per_shard samples."""
     if self._closed:
-      raise ValueError(f"ShardWriter for {self.output_dir} is closed; open a new one to write "
-                       "more.")
+      raise errors.ConfigError(
+          f"ShardWriter for {self.output_dir} is closed; open a new one to write "
+          "more.")
     image_ext = image_ext.lstrip(".").lower()
     if not key or "." in key or "/" in key:
-      raise ValueError(f"Sample key {key!r} must be non-empty and contain no '.' or '/' "
-                       "(webdataset splits member names at the first dot).")
+      raise errors.ConfigError(f"Sample key {key!r} must be non-empty and contain no '.' or '/' "
+                               "(webdataset splits member names at the first dot).")
     if not image_ext or image_ext in ("txt", "json", "key"):
-      raise ValueError(f"image_ext={image_ext!r} would clash with the caption or metadata; use the "
-                       "image's format, e.g. 'jpg', 'png' or 'webp'.")
+      raise errors.ConfigError(
+          f"image_ext={image_ext!r} would clash with the caption or metadata; use the "
+          "image's format, e.g. 'jpg', 'png' or 'webp'.")
     if self.count % self.samples_per_shard == 0:
       self._close_shard()
       path = shard_path(self.output_dir, len(self._paths), self.fmt)

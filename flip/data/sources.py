@@ -29,6 +29,7 @@ import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from flip import errors
 from flip.data import shapes  # noqa: F401  (registers the embedded `flip_shapes` builder)
 from flip.data.spec import Source, expand_braces, parse  # noqa: F401  (re-exported)
 
@@ -49,12 +50,12 @@ def list_files(location: str, suffixes: tuple[str, ...]) -> list[str]:
     elif tf.io.gfile.exists(pattern):
       files.append(pattern)
     else:
-      raise FileNotFoundError(f"Data file {pattern} (from {location!r}) does not exist; check "
-                              "config.input.data.")
+      raise errors.NotFoundError(f"Data file {pattern} (from {location!r}) does not exist; check "
+                                 "config.input.data.")
   files = sorted(set(files))
   if not files:
-    raise FileNotFoundError(f"No data files match {location!r} (looked for {suffixes}); check "
-                            "config.input.data.")
+    raise errors.NotFoundError(f"No data files match {location!r} (looked for {suffixes}); check "
+                               "config.input.data.")
   return files
 
 
@@ -63,11 +64,11 @@ def builder(dataset: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   try:
     b = tfds.builder(dataset, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"Unknown TFDS data set {dataset!r}: use a TFDS name such as "
-                     "flip_shapes (the embedded one) or coco_captions.") from e
+    raise errors.DataError(f"Unknown TFDS data set {dataset!r}: use a TFDS name such as "
+                           "flip_shapes (the embedded one) or coco_captions.") from e
   if not b.is_prepared():
     if dataset.split("/")[0].split(":")[0] not in GENERATED_DATASETS:
-      raise FileNotFoundError(
+      raise errors.NotFoundError(
           f"TFDS data set {dataset!r} is not prepared in data_dir={b.data_dir}; download and "
           "prepare it first (tfds build) or point data_dir at it.")
     b.download_and_prepare()
@@ -105,18 +106,18 @@ def units(source: Source, num_pieces: int = MIN_UNITS) -> list[str]:
   b = builder(source.location, source.data_dir)
   missing = [k for k in (source.image_key, source.text_key) if feature(b.info.features, k) is None]
   if missing:
-    raise ValueError(f"TFDS data set {source.location!r} has no feature(s) {missing}; its "
-                     f"features are {sorted(b.info.features)}. Set image_key/text_key, e.g. "
-                     f"tfds:{source.location}?text_key=captions/text.")
+    raise errors.DataError(f"TFDS data set {source.location!r} has no feature(s) {missing}; its "
+                           f"features are {sorted(b.info.features)}. Set image_key/text_key, e.g. "
+                           f"tfds:{source.location}?text_key=captions/text.")
   if b.info.file_format != tfds.core.file_adapters.FileFormat.TFRECORD:
-    raise ValueError(f"TFDS data set {source.location!r} is stored as {b.info.file_format}; "
-                     "only TFRecord-backed TFDS data sets are supported (tfds build "
-                     "--file_format=tfrecord).")
+    raise errors.DataError(f"TFDS data set {source.location!r} is stored as {b.info.file_format}; "
+                           "only TFRecord-backed TFDS data sets are supported (tfds build "
+                           "--file_format=tfrecord).")
   try:
     instructions = b.info.splits[source.split].file_instructions
   except (KeyError, ValueError) as e:
-    raise ValueError(f"TFDS data set {source.location!r} has no split {source.split!r}; its "
-                     f"splits are {sorted(b.info.splits)}.") from e
+    raise errors.DataError(f"TFDS data set {source.location!r} has no split {source.split!r}; its "
+                           f"splits are {sorted(b.info.splits)}.") from e
   out = []
   pieces = max(1, -(-num_pieces // max(1, len(instructions))))
   for fi in instructions:
@@ -132,9 +133,10 @@ def process_units(all_units: list[str], source: Source, process_index: int | Non
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
   if len(all_units) < count:
-    raise ValueError(f"Data source {source.name} has {len(all_units)} file(s) but there are "
-                     f"{count} processes: each process needs at least one file. Write more, "
-                     "smaller shards (tools/make_shards.py --samples_per_shard) or use fewer hosts.")
+    raise errors.DataError(
+        f"Data source {source.name} has {len(all_units)} file(s) but there are "
+        f"{count} processes: each process needs at least one file. Write more, "
+        "smaller shards (tools/make_shards.py --samples_per_shard) or use fewer hosts.")
   return all_units[index::count]
 
 

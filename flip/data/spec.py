@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from flip import errors
+
 FORMATS = ("wds", "tfrecord", "tfds", "csv")
 WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_KEYS = {  # (image_key, text_key) per format
@@ -38,8 +40,9 @@ def parse(spec: str | None, *, split: str = "train", data_dir: str | None = None
           image_key: str | None = None, text_key: str | None = None) -> list[Source]:
   """Parses config.input.data; the keyword arguments are config.input's defaults."""
   if not spec or not spec.strip():
-    raise ValueError("config.input.data is not set: pass e.g. --config.input.data=tfds:flip_shapes "
-                     "(the embedded data set) or --config.input.data='wds:/path/{00000..00099}.tar'.")
+    raise errors.ConfigError(
+        "config.input.data is not set: pass e.g. --config.input.data=tfds:flip_shapes "
+        "(the embedded data set) or --config.input.data='wds:/path/{00000..00099}.tar'.")
   sources = []
   for part in spec.split(";"):
     part = part.strip()
@@ -48,22 +51,23 @@ def parse(spec: str | None, *, split: str = "train", data_dir: str | None = None
     fmt, sep, rest = part.partition(":")
     fmt = fmt.strip().lower()
     if not sep or fmt not in FORMATS:
-      raise ValueError(f"Data source {part!r} must be FORMAT:LOCATION with FORMAT one of "
-                       f"{FORMATS}, e.g. wds:/data/laion/{{00000..00099}}.tar or tfds:flip_shapes.")
+      raise errors.ConfigError(
+          f"Data source {part!r} must be FORMAT:LOCATION with FORMAT one of "
+          f"{FORMATS}, e.g. wds:/data/laion/{{00000..00099}}.tar or tfds:flip_shapes.")
     location, _, query = rest.partition("?")
     options = {}
     for item in filter(None, query.split("&")):
       key, eq, value = item.partition("=")
       if not eq or key not in OPTIONS:
-        raise ValueError(f"Bad option {item!r} in data source {part!r}: options are "
-                         f"{OPTIONS}, written ?key=value&key=value.")
+        raise errors.ConfigError(f"Bad option {item!r} in data source {part!r}: options are "
+                                 f"{OPTIONS}, written ?key=value&key=value.")
       options[key] = value
     try:
       weight = float(options.pop("weight", 1.0))
     except ValueError as e:
-      raise ValueError(f"The weight of data source {part!r} is not a number.") from e
+      raise errors.ConfigError(f"The weight of data source {part!r} is not a number.") from e
     if not weight > 0:
-      raise ValueError(f"The weight of data source {part!r} must be positive.")
+      raise errors.ConfigError(f"The weight of data source {part!r} must be positive.")
     default_image, default_text = DEFAULT_KEYS[fmt]
     sources.append(Source(
         format=fmt, location=location.strip(), weight=weight,
@@ -71,7 +75,7 @@ def parse(spec: str | None, *, split: str = "train", data_dir: str | None = None
         image_key=options.get("image_key", image_key or default_image),
         text_key=options.get("text_key", text_key or default_text)))
   if not sources:
-    raise ValueError(f"config.input.data={spec!r} names no source.")
+    raise errors.ConfigError(f"config.input.data={spec!r} names no source.")
   return sources
 
 

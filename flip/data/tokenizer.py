@@ -8,8 +8,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from flip import errors
+from flip.models import text as text_lib
+
 DEFAULT_VOCAB = os.path.join(os.path.dirname(__file__), "vocab_bert_base_uncased.txt")
-PAD_ID = 0
 
 
 def normalize(texts: tf.Tensor) -> tf.Tensor:
@@ -30,16 +32,18 @@ class Tokenizer:
   def __init__(self, vocab_path: str | None = None, max_len: int = 32):
     self.vocab_path = vocab_path or DEFAULT_VOCAB
     if not tf.io.gfile.exists(self.vocab_path):
-      raise FileNotFoundError(f"WordPiece vocabulary {self.vocab_path} not found; set "
-                              "config.input.vocab_path to a file with one token per line.")
+      raise errors.NotFoundError(f"WordPiece vocabulary {self.vocab_path} not found; set "
+                                 "config.input.vocab_path to a file with one token per line.")
     with tf.io.gfile.GFile(self.vocab_path) as f:
       vocab = [line.rstrip("\n") for line in f]
     if max_len < 3:
-      raise ValueError(f"max_len={max_len} leaves no room for text between [CLS] and [SEP].")
+      raise errors.ConfigError(
+          f"max_len={max_len} leaves no room for text between [CLS] and [SEP].")
     missing = {"[PAD]", "[UNK]", "[CLS]", "[SEP]"} - set(vocab)
-    if missing or vocab[PAD_ID] != "[PAD]":
-      raise ValueError(f"Vocabulary {self.vocab_path} lacks BERT's special tokens {sorted(missing)} "
-                       "or does not start with [PAD]; build it with [PAD] first.")
+    if missing or vocab[text_lib.PAD_ID] != "[PAD]":
+      raise errors.ConfigError(
+          f"Vocabulary {self.vocab_path} lacks BERT's special tokens {sorted(missing)} "
+          "or does not start with [PAD]; build it with [PAD] first.")
     self.vocab_size = len(vocab)
     self.max_len = max_len
     self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
@@ -60,7 +64,7 @@ class Tokenizer:
     pieces = self.wordpieces(texts)[:, : self.max_len - 2]
     edge = tf.RaggedTensor.from_tensor(tf.ones([pieces.nrows(), 1], pieces.dtype))
     ids = tf.concat([edge * self.cls_id, pieces, edge * self.sep_id], axis=1)
-    return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
+    return ids.to_tensor(default_value=text_lib.PAD_ID, shape=[None, self.max_len])
 
   def __call__(self, texts: list[str]) -> np.ndarray:
     return self.tokenize(tf.constant(list(texts), dtype=tf.string)).numpy()
@@ -68,7 +72,7 @@ class Tokenizer:
 
 def check_vocab_size(tokenizer: Tokenizer, model_vocab_size: int) -> None:
   if tokenizer.vocab_size != model_vocab_size:
-    raise ValueError(
+    raise errors.ConfigError(
         f"The vocabulary {tokenizer.vocab_path} has {tokenizer.vocab_size} tokens but "
         f"config.model.text.vocab_size={model_vocab_size}: set "
         f"--config.model.text.vocab_size={tokenizer.vocab_size} or use the matching vocabulary.")

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from flip import errors
 from flip.data import pipeline
 from flip.data import sources
 
@@ -30,15 +31,15 @@ class EvalSplit:
     missing = [k for k in (image_key, *keys) if sources.feature(self.builder.info.features, k)
                is None]
     if missing:
-      raise ValueError(f"Evaluation data set {dataset!r} has no feature(s) {missing}; its "
-                       f"features are {sorted(self.builder.info.features)}.")
+      raise errors.DataError(f"Evaluation data set {dataset!r} has no feature(s) {missing}; its "
+                             f"features are {sorted(self.builder.info.features)}.")
     try:
       total = self.builder.info.splits[split].num_examples
     except (KeyError, ValueError) as e:
-      raise ValueError(f"Evaluation data set {dataset!r} has no split {split!r}; its splits "
-                       f"are {sorted(self.builder.info.splits)}.") from e
+      raise errors.DataError(f"Evaluation data set {dataset!r} has no split {split!r}; its splits "
+                             f"are {sorted(self.builder.info.splits)}.") from e
     if not total:
-      raise ValueError(f"Split {split!r} of {dataset!r} is empty.")
+      raise errors.DataError(f"Split {split!r} of {dataset!r} is empty.")
     self.num_examples = min(total, max_examples) if max_examples else total
     self.split = split if self.num_examples == total else f"{split}[:{self.num_examples}]"
     self.image_key, self.image_size, self.keys = image_key, image_size, keys
@@ -91,6 +92,7 @@ class EvalSplit:
     feature = sources.feature(self.builder.info.features, label_key)
     names = getattr(feature, "names", None)
     if not names:
-      raise ValueError(f"Feature {label_key!r} of {self.name} is not a ClassLabel with names; "
-                       "set label_key to a class label feature or give class_names.")
+      raise errors.DataError(
+          f"Feature {label_key!r} of {self.name} is not a ClassLabel with names; "
+          "set label_key to a class label feature or give class_names.")
     return list(names)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from flip import errors
+
 CHUNK_ELEMENTS = 1 << 24  # similarity entries computed at once (64 MiB of float32)
 
 
@@ -53,7 +55,7 @@ def retrieval(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.nda
     sims = image_emb[rows] @ text_emb.T  # [c, texts]
     positive = text_to_image[None, :] == np.arange(num_images)[rows][:, None]
     if not positive.any(axis=1).all():
-      raise ValueError("Every image needs at least one caption for image->text retrieval.")
+      raise errors.DataError("Every image needs at least one caption for image->text retrieval.")
     best = np.where(positive, sims, -np.inf).max(axis=1)
     # The best positive's index: the first positive caption reaching the best score.
     best_index = np.argmax(positive & (sims == best[:, None]), axis=1)

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from flip import errors
+
 # The lists below are transcribed from OpenAI CLIP (MIT license, Copyright (c) 2021 OpenAI):
 # notebooks/Prompt_Engineering_for_ImageNet.ipynb in https://github.com/openai/CLIP.
 # CLIP_TEMPLATES and IMAGENET_CLASSNAMES are that notebook's `imagenet_templates` and
@@ -286,17 +288,29 @@ def templates(name_or_list: str | Sequence[str]) -> tuple[str, ...]:
   """A named template set ("short" or "clip80") or a custom list; each must hold one "{}"."""
   if isinstance(name_or_list, str):
     if name_or_list not in TEMPLATE_SETS:
-      raise ValueError(f"Unknown prompt template set {name_or_list!r}; choose one of "
-                       f"{sorted(TEMPLATE_SETS)} or give a list of templates.")
+      raise errors.ConfigError(f"Unknown prompt template set {name_or_list!r}; choose one of "
+                               f"{sorted(TEMPLATE_SETS)} or give a list of templates.")
     return TEMPLATE_SETS[name_or_list]
   result = tuple(name_or_list)
   if not result:
-    raise ValueError("The list of prompt templates is empty.")
+    raise errors.ConfigError("The list of prompt templates is empty.")
   for t in result:
     if not isinstance(t, str) or t.count("{}") != 1:
-      raise ValueError(f"Prompt template {t!r} must be a string with exactly one '{{}}' where "
-                       "the class name goes.")
+      raise errors.ConfigError(f"Prompt template {t!r} must be a string with exactly one '{{}}' "
+                               "where the class name goes.")
   return result
+
+
+def check_class_names(spec: str | Sequence[str] | None) -> None:
+  """Raises ValueError unless `spec` is None/"" (the data set's names), "imagenet" or a list of
+  strings (config check; the count is checked against the data set by `class_names`)."""
+  if spec is None or (isinstance(spec, str) and spec in ("", "imagenet")):
+    return
+  if isinstance(spec, str):
+    raise errors.ConfigError(f"Unknown class names {spec!r}; use None or '' for the dataset's "
+                             "own names, 'imagenet', or a list of names.")
+  if not all(isinstance(name, str) for name in spec):
+    raise errors.ConfigError(f"The class names {spec!r} must all be strings.")
 
 
 def class_names(spec: str | Sequence[str] | None, dataset_names: list[str]) -> list[str]:
@@ -305,21 +319,19 @@ def class_names(spec: str | Sequence[str] | None, dataset_names: list[str]) -> l
   spec None or "": the dataset's own names with "_" as spaces; "imagenet": IMAGENET_CLASSNAMES;
   a list: those names. The result must have one name per dataset class.
   """
+  check_class_names(spec)
   n = len(dataset_names)
-  if spec is None or (isinstance(spec, str) and not spec):
+  if spec is None or spec == "":
     return [name.replace("_", " ") for name in dataset_names]
-  if isinstance(spec, str):
-    if spec != "imagenet":
-      raise ValueError(f"Unknown class names {spec!r}; use None or '' for the dataset's own "
-                       "names, 'imagenet', or a list of names.")
+  if spec == "imagenet":
     if n != len(IMAGENET_CLASSNAMES):
-      raise ValueError(f"Class names 'imagenet' has {len(IMAGENET_CLASSNAMES)} names but the "
-                       f"dataset has {n} classes.")
+      raise errors.DataError(f"Class names 'imagenet' has {len(IMAGENET_CLASSNAMES)} names but "
+                             f"the dataset has {n} classes.")
     return list(IMAGENET_CLASSNAMES)
   names = list(spec)
   if len(names) != n:
-    raise ValueError(f"The list of class names has {len(names)} names but the dataset has {n} "
-                     "classes.")
+    raise errors.DataError(f"The list of class names has {len(names)} names but the dataset has "
+                           f"{n} classes.")
   return names
 
 

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 
 from flip.evaluation import data as data_lib
-from flip.evaluation import encode
+from flip.evaluation import embed
 from flip.evaluation import metrics
 
 
 class Retrieval:
-  """Config: dataset, split, text_key ("captions"; e.g. "captions/text" for coco_captions),
-  image_key, data_dir, captions_per_image (5: extra ones are cut, empty ones dropped),
-  max_examples, ks ((1, 5, 10)), mask_ratio (0: full images; >0: masked inference)."""
+  """Options (defaults in flip.config_lib.EVALUATORS["retrieval"]): dataset, split, text_key
+  ("captions"; e.g. "captions/text" for coco_captions), image_key, data_dir, captions_per_image
+  (extra ones are cut, empty ones dropped), max_examples, ks, mask_ratio (0: full images; >0:
+  masked inference)."""
 
-  def __init__(self, ev: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-               encoder: encode.Encoder):
-    self.encoder = encoder
-    self.ks = tuple(ev.get("ks", (1, 5, 10)))
-    self.mask_ratio = encode.mask_ratio(ev)
-    text_key = ev.get("text_key", "captions")
-    data = data_lib.EvalSplit(
-        ev.dataset, ev.get("split", "test"), ev.get("data_dir") or config.input.data_dir,
-        ev.get("image_key", "image"), config.input.image_size, keys=(text_key,),
-        max_examples=ev.get("max_examples"), captions_per_image=ev.get("captions_per_image", 5))
+  def __init__(self, embedder: embed.Embedder, *, image_size: int, dataset: str, split: str,
+               text_key: str, image_key: str, data_dir: str | None, captions_per_image: int,
+               max_examples: int | None, ks: tuple[int, ...], mask_ratio: float):
+    self.embedder = embedder
+    self.ks = tuple(ks)
+    self.mask_ratio = mask_ratio
+    data = data_lib.EvalSplit(dataset, split, data_dir, image_key, image_size, keys=(text_key,),
+                              max_examples=max_examples, captions_per_image=captions_per_image)
     examples = data.all()
     self.images = examples["image"]
     captions = examples[text_key]
@@ -36,6 +34,6 @@ class Retrieval:
     self.text_to_image = image_of[keep]
 
   def __call__(self, params) -> dict[str, float]:
-    return metrics.retrieval(self.encoder.images(params, self.images, self.mask_ratio),
-                             self.encoder.texts(params, self.captions), self.text_to_image,
+    return metrics.retrieval(self.embedder.images(params, self.images, self.mask_ratio),
+                             self.embedder.texts(params, self.captions), self.text_to_image,
                              self.ks)

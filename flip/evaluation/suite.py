@@ -10,11 +10,11 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from flip import checkpoint
-from flip import optim
+from flip import config_lib
+from flip import errors
 from flip import sharding
-from flip import train_step
 from flip.data import tokenizer as tokenizer_lib
-from flip.evaluation import encode
+from flip.evaluation import embed
 from flip.evaluation import linear_probe
 from flip.evaluation import retrieval
 from flip.evaluation import zeroshot
@@ -24,17 +24,26 @@ TYPES = {"zeroshot": zeroshot.ZeroShot, "retrieval": retrieval.Retrieval,
          "linear_probe": linear_probe.LinearProbe}
 
 
-def make_evaluators(config: ml_collections.ConfigDict, encoder: encode.Encoder,
+def make_evaluator(options, config: ml_collections.ConfigDict, embedder: embed.Embedder,
+                   name: str = "evaluator"):
+  """One evaluator from its options (config.evals.<name>: type, every_steps and the type's
+  options; missing ones take config_lib.EVALUATORS' defaults) for a resolved config."""
+  options = dict(config_lib.resolve_evaluator(name, dict(options)))
+  kind = options.pop("type")
+  del options["every_steps"]
+  options["data_dir"] = options["data_dir"] or config.input.data_dir
+  return TYPES[kind](embedder, image_size=config.input.image_size, **options)
+
+
+def make_evaluators(config: ml_collections.ConfigDict, embedder: embed.Embedder,
                     missing_ok: bool = False) -> dict:
-  """The evaluators of config.evals. With `missing_ok` (during training), one whose data set is
-  not downloaded is left out with a warning; any other problem is an error."""
+  """The evaluators of a resolved config's config.evals. With `missing_ok` (during training),
+  one whose data set is not downloaded is left out with a warning; any other problem is an
+  error."""
   evaluators = {}
   for name, ev in config.evals.items():
-    if ev.type not in TYPES:
-      raise ValueError(f"config.evals.{name}.type={ev.type!r} is unknown; choose one of "
-                       f"{sorted(TYPES)}.")
     try:
-      evaluators[name] = TYPES[ev.type](ev, config, encoder)
+      evaluators[name] = make_evaluator(ev.to_dict(), config, embedder, name)
     except FileNotFoundError as e:
       if not missing_ok:
         raise
@@ -52,7 +61,7 @@ def _check_same_everywhere(config: ml_collections.ConfigDict, evaluators: dict) 
       np.array([name in evaluators for name in names], np.int32)))
   for j, name in enumerate(names):
     if have[:, j].any() and not have[:, j].all():
-      raise FileNotFoundError(
+      raise errors.NotFoundError(
           f"Evaluator {name}'s data set was found by process(es) "
           f"{np.flatnonzero(have[:, j]).tolist()} but not by "
           f"{np.flatnonzero(have[:, j] == 0).tolist()}: put evaluation data sets in a "
@@ -63,23 +72,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None) -> dict[str, float]:
   """{evaluator/metric: value} of a checkpoint of `workdir` (default: its newest) under
   `config.evals`, also written to the workdir's TensorBoard logs (python -m flip.evaluate)."""
+  config = config_lib.resolve(config)
   if not config.evals:
-    raise ValueError("config.evals declares no evaluator: add one, e.g. "
-                     "--config=configs/demo.py, or see the README's evaluation section.")
+    raise errors.ConfigError("config.evals declares no evaluator: add one, e.g. "
+                             "--config=configs/demo.py, or see the README's evaluation section.")
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
   model = flip_lib.from_config(config.model)
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints: train first, or point "
-                            "--workdir at a training run.")
-  _, abstract = train_step.init_state(config, model, optim.make(config), mesh)
-  step = ckpt.latest_step() if step is None else step
-  params = ckpt.restore_params(abstract.params, step)  # the optimizer state is not read
-  ckpt.close()
+  # The optimizer state is not read.
+  params, step = checkpoint.load_params(workdir, flip_lib.abstract_params(config, mesh), step)
   batch = max(sharding.batch_ways(mesh), min(config.input.global_batch_size, 1024))
-  evaluators = make_evaluators(config, encode.Encoder(
+  evaluators = make_evaluators(config, embed.Embedder(
       model, tokenizer, mesh, batch, config.logical_axis_rules))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   results = {}

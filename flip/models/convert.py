@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flip import errors
+
 RESAMPLED = ("text/pos_embed",)
 
 
@@ -60,7 +62,8 @@ def resample_rows(table: jax.Array, rows: int) -> jax.Array:
 
 def adapt(source: dict, target_abstract: dict) -> dict:
   """`source` params reshaped to the structure and shapes of `target_abstract` (ShapeDtypeStructs
-  or arrays); raises ValueError, naming the parameters, where they cannot be mapped."""
+  or arrays); raises errors.CheckpointMismatchError, naming the parameters, where they cannot
+  be mapped."""
   source = dict(source)
   for tower in ("image", "text"):
     if tower in source and tower in target_abstract:
@@ -72,7 +75,7 @@ def adapt(source: dict, target_abstract: dict) -> dict:
   tgt = {_path(p): x for p, x in tgt_leaves}
   missing, extra = sorted(set(tgt) - set(src)), sorted(set(src) - set(tgt))
   if missing or extra:
-    raise ValueError(
+    raise errors.CheckpointMismatchError(
         "The checkpoint's parameters do not match this model's: "
         + (f"missing from the checkpoint {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
            if missing else "")
@@ -85,7 +88,7 @@ def adapt(source: dict, target_abstract: dict) -> dict:
       if name in RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
         x = resample_rows(x, want.shape[0])
       else:
-        raise ValueError(
+        raise errors.CheckpointMismatchError(
             f"Cannot map the checkpoint's {name} of shape {tuple(x.shape)} onto this model's "
             f"{tuple(want.shape)}: only the text position embedding's length is resampled (the "
             "image position embedding is recomputed for any resolution); set config.model to "

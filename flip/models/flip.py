@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from flip import sharding
 from flip.models import text as text_lib
 from flip.models import transformer
 from flip.models import vit
@@ -37,11 +38,11 @@ class FLIP(nn.Module):
         "logit_scale", transformer.partitioned(nn.initializers.constant(LOGIT_SCALE_INIT), ()), ())
 
   def encode_image(self, images: jax.Array, mask_ratio: float = 0.0) -> jax.Array:
-    features = transformer.constrain(self.image(images, mask_ratio), ("batch", "act_embed"))
+    features = sharding.constrain(self.image(images, mask_ratio), ("batch", "act_embed"))
     return l2_normalize(self.image_proj(features))
 
   def encode_text(self, tokens: jax.Array) -> jax.Array:
-    features = transformer.constrain(self.text(tokens), ("batch", "act_embed"))
+    features = sharding.constrain(self.text(tokens), ("batch", "act_embed"))
     return l2_normalize(self.text_proj(features))
 
   def logit_scale(self) -> jax.Array:
@@ -52,21 +53,40 @@ class FLIP(nn.Module):
     return self.encode_image(images, mask_ratio), self.encode_text(tokens), self.logit_scale()
 
 
+def tower_options(model: ml_collections.ConfigDict, tower: str) -> transformer.TowerOptions:
+  """The TowerOptions of config.model's `tower` ("image" or "text")."""
+  return transformer.TowerOptions(
+      mlp_ratio=model[tower].mlp_ratio, dtype=transformer.DTYPES[model.dtype],
+      remat=model[tower].remat, scan=model.scan_layers, attention=model.attention)
+
+
 def from_config(model: ml_collections.ConfigDict) -> FLIP:
-  """The model of config.model: tower shapes and remat per tower, dtype and scan for both."""
-  # .get: configs saved before these fields existed describe unscanned float32 models.
-  dtype = model.get("dtype", "float32")
-  if dtype not in transformer.DTYPES:
-    raise ValueError(f"config.model.dtype={dtype!r}; choose one of "
-                     f"{sorted(transformer.DTYPES)}.")
-  shared = dict(dtype=transformer.DTYPES[dtype], scan=model.get("scan_layers", False),
-                attention=transformer.check_attention(model.get("attention", "auto")))
-  for tower in ("image", "text"):
-    remat = model[tower].get("remat", "none")
-    if remat not in transformer.REMAT_POLICIES:
-      raise ValueError(f"config.model.{tower}.remat={remat!r}; choose one of "
-                       f"{sorted(transformer.REMAT_POLICIES)}.")
+  """The model of a resolved config's config.model (flip.config_lib.resolve)."""
+  image, text = model.image, model.text
   return FLIP(
-      image=vit.VisionTower(**model.image, **shared),
-      text=text_lib.TextTower(**model.text, **shared),
+      image=vit.VisionTower(patch_size=image.patch_size, width=image.width, depth=image.depth,
+                            num_heads=image.num_heads, options=tower_options(model, "image")),
+      text=text_lib.TextTower(vocab_size=text.vocab_size, width=text.width, depth=text.depth,
+                              num_heads=text.num_heads, max_len=text.max_len,
+                              options=tower_options(model, "text")),
       embed_dim=model.embed_dim)
+
+
+def boxed_params(model: FLIP, image_size: int, text_len: int):
+  """The model's parameters as abstract values (jax.eval_shape: nothing is computed), boxed in
+  nn.LogicallyPartitioned with their logical axis names (what the sharding rules place)."""
+  return jax.eval_shape(lambda rng: init_params(model, rng, image_size, text_len),
+                        jax.random.key(0))
+
+
+def init_params(model: FLIP, rng: jax.Array, image_size: int, text_len: int):
+  """Random initial parameters (boxed, like boxed_params)."""
+  return model.init({"params": rng}, jnp.zeros((1, image_size, image_size, 3), jnp.float32),
+                    jnp.zeros((1, text_len), jnp.int32))["params"]
+
+
+def abstract_params(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """The parameters of a resolved config's model as ShapeDtypeStructs carrying the shardings
+  that config.logical_axis_rules give them on `mesh`: what a checkpoint is restored into."""
+  boxed = boxed_params(from_config(config.model), config.input.image_size, config.input.text_len)
+  return sharding.placed(boxed, mesh, config.logical_axis_rules)

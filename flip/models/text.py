@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from flip.models import transformer
 
-PAD_ID = 0
+PAD_ID = 0  # the token id of padding: masked out of attention and pooling (the tokenizer pads)
 
 
 class TextTower(nn.Module):
@@ -19,11 +17,7 @@ class TextTower(nn.Module):
   depth: int
   num_heads: int
   max_len: int = 32
-  mlp_ratio: int = 4
-  remat: str = "none"  # transformer.REMAT_POLICIES
-  dtype: Any = jnp.float32  # compute dtype; parameters are float32
-  scan: bool = False  # nn.scan over the blocks (stacked parameters)
-  attention: str = "auto"  # transformer.attention_implementation
+  options: transformer.TowerOptions = transformer.TowerOptions()
 
   @nn.compact
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -31,7 +25,7 @@ class TextTower(nn.Module):
     length = tokens.shape[1]
     if length > self.max_len:
       raise ValueError(f"Text of length {length} exceeds the model's max_len {self.max_len}.")
-    x = nn.Embed(self.vocab_size, self.width, name="token_embed", dtype=self.dtype,
+    x = nn.Embed(self.vocab_size, self.width, name="token_embed", dtype=self.options.dtype,
                  embedding_init=transformer.partitioned(nn.initializers.normal(0.02),
                                                         ("vocab", "embed")))(tokens)
     posemb = self.param("pos_embed",
@@ -39,9 +33,8 @@ class TextTower(nn.Module):
                         (self.max_len, self.width))
     x = x + posemb[None, :length]
     valid = tokens != PAD_ID  # b t
-    x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
-                            self.scan, self.attention, name="encoder")(
-                                x, valid[:, None, None, :])
+    x = transformer.Encoder(self.depth, self.num_heads, self.options, name="encoder")(
+        x, valid[:, None, None, :])
     x = x.astype(jnp.float32)
     weights = valid.astype(x.dtype)[..., None]
     return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)

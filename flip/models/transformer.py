@@ -1,22 +1,28 @@
 """The pre-LayerNorm encoder block and stack shared by the image and text towers.
 
-Memory and speed levers (all numerically the same model):
+How a tower's blocks compute is one typed value, `TowerOptions` (built from config.model by
+flip.models.flip.from_config; the config gate checks every choice). Its levers are numerically
+the same model:
 - `dtype`: the compute dtype (bfloat16 for mixed precision); parameters stay float32 and
   LayerNorm statistics, softmax and the loss are computed in float32.
 - `remat`: rematerialisation of each block in the backward pass, one of REMAT_POLICIES.
 - `scan`: the blocks as one `nn.scan` over stacked parameters (leading `layers` axis): one
   block is compiled instead of `depth`, which keeps compile times flat for deep towers.
+- `attention`: jax.nn.dot_product_attention's implementation (attention_implementation).
+Architecture variants of other model families (a class token, causal text attention, other
+activations and poolings) are further fields of TowerOptions whose defaults keep this model.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flip import sharding
 
 LN_EPS = 1e-6
 
@@ -29,38 +35,18 @@ REMAT_POLICIES = {
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# Logical names of activation axes (parameters use embed/mlp/heads/kv/...). The rules map them to
-# the mesh: the batch over the batch axes, heads and MLP units over `model`. Without these
-# constraints XLA may keep the batch whole and split the weights' axes instead.
-ACTIVATION_AXES = ("batch", "act_length", "act_embed", "act_heads", "act_kv", "act_mlp")
+
+@dataclasses.dataclass(frozen=True)
+class TowerOptions:
+  """How a tower's transformer blocks compute (the same for every block of the tower)."""
+  mlp_ratio: int = 4  # MLP hidden units per unit of width
+  dtype: Any = jnp.float32  # compute dtype; parameters are float32
+  remat: str = "none"  # a key of REMAT_POLICIES
+  scan: bool = False  # nn.scan over the blocks (stacked parameters)
+  attention: str = "auto"  # "auto" | "xla" | "cudnn": see attention_implementation
 
 
-_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
-                                                                      default=None)
-
-
-@contextlib.contextmanager
-def activation_sharding(mesh: jax.sharding.Mesh, rules):
-  """While a model is traced inside it, `constrain` shards activations over `mesh` by `rules`.
-
-  Own context rather than flax's global rules + mesh: those would also constrain parameter
-  initialisers inside apply (flax's shape checks), which breaks DenseGeneral's flat kernels.
-  """
-  token = _ACTIVATION_SHARDING.set((mesh, tuple(tuple(r) for r in rules)))
-  try:
-    yield
-  finally:
-    _ACTIVATION_SHARDING.reset(token)
-
-
-def constrain(x: jax.Array, names: tuple[str, ...]) -> jax.Array:
-  """Shards an activation by the rules of the enclosing activation_sharding; a no-op outside one
-  (e.g. a plain model.apply on one device)."""
-  current = _ACTIVATION_SHARDING.get()
-  if current is None:
-    return x
-  mesh, rules = current
-  return nn.with_logical_constraint(x, names, rules=rules, mesh=mesh)
+constrain = sharding.constrain
 
 
 def constrain_tokens(x: jax.Array) -> jax.Array:
@@ -81,16 +67,6 @@ def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNor
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
 
-ATTENTION = ("auto", "xla", "cudnn")
-
-
-def check_attention(choice: str) -> str:
-  """`choice` if it is one of ATTENTION (config.model.attention); a ValueError otherwise."""
-  if choice not in ATTENTION:
-    raise ValueError(f"config.model.attention={choice!r}; choose one of {ATTENTION}.")
-  return choice
-
-
 def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | None:
   """jax.nn.dot_product_attention's `implementation` for a config.model.attention choice.
 
@@ -99,7 +75,7 @@ def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | Non
   tower); XLA's attention otherwise (CPU, TPU, float32, the text tower). "xla" / "cudnn" force
   one (cudnn fails on other backends).
   """
-  if check_attention(choice) != "auto":
+  if choice != "auto":
     return choice
   if masked or jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return "xla"
@@ -113,34 +89,35 @@ def attention_implementation(choice: str, dtype: Any, masked: bool) -> str | Non
 class Attention(nn.Module):
   """Multi-head self-attention; `mask` is bool [b, 1, 1, t] (True = attend) or None."""
   num_heads: int
-  dtype: Any = jnp.float32
-  attention: str = "auto"  # attention_implementation
+  options: TowerOptions = TowerOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     width = x.shape[-1]
     head_dim = width // self.num_heads
 
+    dtype = self.options.dtype
+
     def proj(name):
       return nn.DenseGeneral(
-          (self.num_heads, head_dim), name=name, dtype=self.dtype,
+          (self.num_heads, head_dim), name=name, dtype=dtype,
           kernel_init=partitioned(dense_init(), ("embed", "heads", "kv")),
           bias_init=partitioned(nn.initializers.zeros, ("heads", "kv")))
 
     names = ("batch", "act_length", "act_heads", "act_kv")
     q, k, v = (constrain(proj(name)(x), names) for name in ("query", "key", "value"))  # b t n h
-    implementation = attention_implementation(self.attention, self.dtype, mask is not None)
+    implementation = attention_implementation(self.options.attention, dtype, mask is not None)
     y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask,
                                                implementation=implementation), names)
     return nn.DenseGeneral(
-        width, axis=(-2, -1), name="out", dtype=self.dtype,
+        width, axis=(-2, -1), name="out", dtype=dtype,
         kernel_init=partitioned(dense_init(), ("heads", "kv", "embed")),
         bias_init=partitioned(nn.initializers.zeros, ("embed",)))(y)
 
 
 class MlpBlock(nn.Module):
   mlp_dim: int
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # compute dtype
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -156,16 +133,15 @@ class MlpBlock(nn.Module):
 
 class EncoderBlock(nn.Module):
   num_heads: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
-  attention: str = "auto"
+  options: TowerOptions = TowerOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    y = layer_norm("ln1", self.dtype)(x)
-    x = x + Attention(self.num_heads, self.dtype, self.attention, name="attn")(y, mask)
-    y = layer_norm("ln2", self.dtype)(x)
-    return constrain_tokens(x + MlpBlock(x.shape[-1] * self.mlp_ratio, self.dtype, name="mlp")(y))
+    o = self.options
+    y = layer_norm("ln1", o.dtype)(x)
+    x = x + Attention(self.num_heads, o, name="attn")(y, mask)
+    y = layer_norm("ln2", o.dtype)(x)
+    return constrain_tokens(x + MlpBlock(x.shape[-1] * o.mlp_ratio, o.dtype, name="mlp")(y))
 
 
 class _ScanBlock(EncoderBlock):
@@ -179,32 +155,23 @@ class Encoder(nn.Module):
   """`depth` pre-LN blocks and a final LayerNorm."""
   depth: int
   num_heads: int
-  mlp_ratio: int = 4
-  dtype: Any = jnp.float32
-  remat: str = "none"
-  scan: bool = False
-  attention: str = "auto"  # attention_implementation
+  options: TowerOptions = TowerOptions()
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"Unknown remat policy {self.remat!r}; choose one of "
-                       f"{sorted(REMAT_POLICIES)}.")
-    x = constrain_tokens(x.astype(self.dtype))
-    block_cls = _ScanBlock if self.scan else EncoderBlock
-    if self.remat != "none":
+    o = self.options
+    x = constrain_tokens(x.astype(o.dtype))
+    block_cls = _ScanBlock if o.scan else EncoderBlock
+    if o.remat != "none":
       # prevent_cse is only needed outside scan (scan already keeps XLA from merging the
       # recomputation with the forward pass).
-      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat],
-                           prevent_cse=not self.scan)
-    if self.scan:
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[o.remat], prevent_cse=not o.scan)
+    if o.scan:
       blocks = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=nn.broadcast, length=self.depth,
                        metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = blocks(self.num_heads, self.mlp_ratio, self.dtype, self.attention,
-                    name="blocks")(x, mask)
+      x, _ = blocks(self.num_heads, o, name="blocks")(x, mask)
     else:
       for i in range(self.depth):
-        x = block_cls(self.num_heads, self.mlp_ratio, self.dtype, self.attention,
-                      name=f"block{i:02d}")(x, mask)
-    return layer_norm("ln_final", self.dtype)(x)
+        x = block_cls(self.num_heads, o, name=f"block{i:02d}")(x, mask)
+    return layer_norm("ln_final", o.dtype)(x)

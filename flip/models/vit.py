@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import einops
 import flax.linen as nn
 import jax
@@ -50,11 +48,7 @@ class VisionTower(nn.Module):
   width: int
   depth: int
   num_heads: int
-  mlp_ratio: int = 4
-  remat: str = "none"  # transformer.REMAT_POLICIES
-  dtype: Any = jnp.float32  # compute dtype; parameters are float32
-  scan: bool = False  # nn.scan over the blocks (stacked parameters)
-  attention: str = "auto"  # transformer.attention_implementation
+  options: transformer.TowerOptions = transformer.TowerOptions()
 
   @nn.compact
   def __call__(self, images: jax.Array, mask_ratio: float = 0.0) -> jax.Array:
@@ -70,10 +64,9 @@ class VisionTower(nn.Module):
       # are per patch) and skips the dropped patches' embedding matmul.
       patches, keep_idx = random_masking(patches, self.make_rng("mask"), mask_ratio)
       posemb = posemb[keep_idx]  # b keep width
-    x = nn.Dense(self.width, name="patch_embed", dtype=self.dtype,
+    x = nn.Dense(self.width, name="patch_embed", dtype=self.options.dtype,
                  kernel_init=transformer.partitioned(transformer.dense_init(), ("patch", "embed")),
                  bias_init=transformer.partitioned(nn.initializers.zeros, ("embed",)))(patches)
     x = x + posemb.astype(x.dtype)
-    x = transformer.Encoder(self.depth, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
-                            self.scan, self.attention, name="encoder")(x)
+    x = transformer.Encoder(self.depth, self.num_heads, self.options, name="encoder")(x)
     return x.astype(jnp.float32).mean(axis=1)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from flip import config_lib
 from flip import sharding
 from flip.data import tokenizer as tokenizer_lib
 from flip.models import flip as flip_lib
@@ -18,16 +16,7 @@ from flip.models import flip as flip_lib
 MASK_SEED = 1234
 
 
-def mask_ratio(ev: ml_collections.ConfigDict) -> float:
-  """An evaluator's `mask_ratio` option: 0 (default) evaluates full images, as the paper does
-  after training; e.g. 0.5 evaluates with half the patches dropped (masked inference)."""
-  ratio = float(ev.get("mask_ratio", 0.0))
-  if not 0.0 <= ratio < 1.0:
-    raise ValueError(f"Evaluator option mask_ratio={ratio} must be in [0, 1).")
-  return ratio
-
-
-class Encoder:
+class Embedder:
   """Jitted `encode_image`/`encode_text` over padded global batches; returns numpy on every host.
 
   Every process passes the same full array; each contributes its own slice of every batch, and the
@@ -35,7 +24,7 @@ class Encoder:
   """
 
   def __init__(self, model: flip_lib.FLIP, tokenizer: tokenizer_lib.Tokenizer, mesh: Mesh,
-               batch_size: int, rules=config_lib.DEFAULT_LOGICAL_AXIS_RULES):
+               batch_size: int, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES):
     self.tokenizer = tokenizer
     self.mesh = mesh
     ways = sharding.batch_ways(mesh) * jax.process_count()
