@@ -5,7 +5,7 @@ imported on first use, so that light submodules (prompts, metrics) load without 
 data stack (flip.inference uses the prompts).
 """
 
-_SUITE = ("make_evaluators", "evaluate_checkpoint", "TYPES")
+_SUITE = ("make_evaluator", "make_evaluators", "evaluate_checkpoint", "TYPES")
 
 
 def __getattr__(name):
