@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -15,6 +16,7 @@ from flip import config_lib
 from flip import errors
 
 
+@functools.cache
 def _one_replica_writes_on_cpu() -> None:
   """On the CPU backend, one replica writes each replicated array (orbax's default on GPUs).
 

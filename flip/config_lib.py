@@ -178,7 +178,7 @@ def recipe_names() -> list[str]:
 
 
 def recipe_name(name: str) -> str:
-  """`name` if it is a packaged recipe, else a ConfigError listing them."""
+  """`name` if it is a packaged recipe, else an errors.NotFoundError listing them."""
   name = name[:-3] if name.endswith(".py") else name
   if name not in recipe_names():
     raise errors.NotFoundError(f"No recipe file or packaged recipe {name!r}; the packaged "
@@ -246,13 +246,13 @@ def _assign(schema: ml_collections.ConfigDict, raw: dict, prefix: str) -> None:
     path = f"{prefix}{key}"
     if key not in schema:
       raise _unknown(path, key, schema.keys())
-    if isinstance(schema[key], ml_collections.ConfigDict) and key != "evals":
+    if key == "evals":  # resolved per evaluator type (resolve_evaluator)
+      continue
+    if isinstance(schema[key], ml_collections.ConfigDict):
       if not isinstance(value, dict):
         raise errors.ConfigError(f"config.{path} is a section with fields "
                                  f"{sorted(schema[key].keys())}, not a value ({value!r}).")
       _assign(schema[key], value, path + ".")
-      continue
-    if key == "evals":
       continue
     try:
       setattr(schema, key, value)
