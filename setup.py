@@ -15,7 +15,8 @@ setuptools.setup(
     license="Apache-2.0",
     packages=setuptools.find_packages(include=["flip", "flip.*"]) + ["flip.configs"],
     package_dir={"flip.configs": "configs"},
-    package_data={"flip.data": ["vocab_bert_base_uncased.txt"]},
+    package_data={"flip.data": ["vocab_bert_base_uncased.txt", "bpe_simple_vocab_16e6.txt.gz",
+                                "LICENSE_open_clip_bpe.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "absl-py>=2.0",
@@ -23,12 +24,14 @@ setuptools.setup(
         "einops>=0.8",
         "etils>=1.7",
         "flax>=0.10.2",
+        "ftfy>=6.0",  # CLIP's BPE tokenizer (flip/data/bpe.py)
         "jax>=0.5.0",
         "ml_collections>=1.0",
         "numpy>=1.26",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "pillow>=10.0",
+        "regex>=2023.0",  # CLIP's BPE tokenizer
         "tensorboard>=2.15",  # clu's metric writers
         "tensorflow>=2.16",  # tf.data (CPU only: the project hides accelerators from it)
         "tensorflow-datasets>=4.9.7",

@@ -35,6 +35,14 @@ CHOICES = {
     "model.attention": ("auto", "xla", "cudnn"),
     "model.image.remat": REMAT,
     "model.text.remat": REMAT,
+    # Architecture (flip/models): FLIP's first; the other families' (open_clip / OpenAI CLIP,
+    # the released FLIP code) are set by their importers (flip/formats).
+    "model.act": ("gelu", "gelu_tanh", "quick_gelu"),
+    "model.image.posemb": ("sincos2d", "learned"),
+    "model.image.pool": ("mean", "cls"),
+    "model.image.pixel_stats": ("imagenet", "openai"),
+    "model.text.pool": ("mean", "eot", "first"),
+    "input.tokenizer": ("wordpiece", "bpe"),
 }
 
 # Fields added after runs had saved their config.json, with the value that describes those runs
@@ -77,11 +85,18 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.image = ml_collections.ConfigDict(
-      dict(patch_size=16, depth=12, width=768, num_heads=12, mlp_ratio=4, remat="none"))
+      dict(patch_size=16, depth=12, width=768, num_heads=12, mlp_ratio=4.0, remat="none",
+           # Architecture variants (flip/models/vit.py); these defaults are FLIP's.
+           class_token=False, posemb="sincos2d", ln_pre=False, patch_bias=True, pool="mean",
+           pixel_stats="imagenet"))
   c.model.text = ml_collections.ConfigDict(
-      dict(vocab_size=30522, depth=12, width=512, num_heads=8, mlp_ratio=4, max_len=32,
-           remat="none"))
+      dict(vocab_size=30522, depth=12, width=512, num_heads=8, mlp_ratio=4.0, max_len=32,
+           remat="none",
+           # Architecture variants (flip/models/text.py); these defaults are FLIP's.
+           causal=False, pad_mask=True, pool="mean"))
   c.model.embed_dim = 512
+  c.model.act = "gelu"  # the MLPs' activation: "gelu" (exact) | "gelu_tanh" | "quick_gelu"
+  c.model.ln_eps = 1e-6  # every LayerNorm's epsilon
   # Memory and speed levers (flip/models/transformer.py); none changes the model's function.
   # remat (per tower, above): "none" | "dots" (keep matmul outputs) | "full" (keep block inputs).
   c.model.dtype = "float32"  # compute dtype: "float32" (the paper) or "bfloat16" (f32 params)
@@ -100,7 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.text_key = config_dict.placeholder(str)  # None: txt (wds, tfrecord), captions (tfds)
   c.input.image_size = 224
   c.input.text_len = 32
-  c.input.vocab_path = config_dict.placeholder(str)  # None = the packaged BERT-base uncased vocab
+  # "wordpiece" (FLIP: BERT's uncased WordPiece) | "bpe" (CLIP's byte-level BPE, context 77).
+  c.input.tokenizer = "wordpiece"
+  # None = the packaged vocabulary of the tokenizer (BERT-base uncased / CLIP's BPE merges)
+  c.input.vocab_path = config_dict.placeholder(str)
   c.input.global_batch_size = 65536
   c.input.crop_area_min = 0.5
   c.input.shuffle_files = True  # shard-level shuffle: a new random file order every epoch
@@ -305,7 +323,8 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:
-  spec.parse(config.input.data)  # the format of config.input.data; files are checked later
+  if config.input.data is not None:  # needed to train (train.py), not to evaluate or infer
+    spec.parse(config.input.data)  # its format; the files are checked when training starts
   if config.stage == "tune" and not config.init_from:
     raise errors.ConfigError("config.stage='tune' starts from a pretrained run: set "
                              "--config.init_from=<the pretraining workdir>.")
@@ -316,8 +335,19 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f"config.input.image_size={config.input.image_size} is not a multiple of "
         f"config.model.image.patch_size={image.patch_size}.")
+  text = config.model.text
+  if config.input.tokenizer == "bpe" and (text.pad_mask or text.pool == "mean"):
+    raise errors.ConfigError(
+        "config.input.tokenizer='bpe' pads with id 0, which is also CLIP's token '!': set "
+        "config.model.text.pad_mask=False and pool='eot' (CLIP's text tower, e.g. "
+        "causal=True), as the open_clip models do.")
+  if image.pool == "cls" and not image.class_token:
+    raise errors.ConfigError("config.model.image.pool='cls' needs a class token: set "
+                             "config.model.image.class_token=True or pool='mean'.")
   for tower in ("image", "text"):
     t = config.model[tower]
+    if t.mlp_ratio <= 0 or int(t.width * t.mlp_ratio) < 1:
+      raise errors.ConfigError(f"config.model.{tower}.mlp_ratio={t.mlp_ratio} must be positive.")
     if t.width % t.num_heads:
       raise errors.ConfigError(f"config.model.{tower}.width={t.width} is not divisible by "
                                f"num_heads={t.num_heads}.")

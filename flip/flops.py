@@ -38,9 +38,10 @@ class ClipShape:
     image, text = config.model.image, config.model.text
     return cls(image_size=config.input.image_size, patch_size=image.patch_size,
                image_width=image.width, image_depth=image.depth,
-               image_mlp_dim=image.width * image.mlp_ratio, text_len=config.input.text_len,
-               text_width=text.width, text_depth=text.depth,
-               text_mlp_dim=text.width * text.mlp_ratio, embed_dim=config.model.embed_dim)
+               image_mlp_dim=int(image.width * image.mlp_ratio),
+               text_len=config.input.text_len, text_width=text.width, text_depth=text.depth,
+               text_mlp_dim=int(text.width * text.mlp_ratio), embed_dim=config.model.embed_dim,
+               class_token=image.class_token)
 
   @property
   def num_patches(self) -> int:

@@ -36,6 +36,16 @@ from flip.models import flip as flip_lib
 EXPORT_FORMAT = "flip-export-v1"
 
 
+def workdir_config_and_params(workdir: str, step: int | None = None):
+  """(resolved config, parameters) of a training or import workdir (newest checkpoint or
+  `step`), on one device."""
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise errors.NotFoundError(f"{workdir} is not a FLIP training workdir (no config.json).")
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = config_lib.resolve(config_lib.from_json(f.read()))
+  return config, _workdir_params(workdir, config, step)
+
+
 def _workdir_params(workdir: str, config: ml_collections.ConfigDict, step: int | None):
   from flip import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: workdirs only)
   one_device = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1)),
@@ -56,8 +66,7 @@ class FLIPModel:
     self.params = jax.device_put(params)
     self.image_size = int(config.input.image_size)
     self.batch_size = batch_size
-    self.tokenizer = tokenizer_lib.Tokenizer(vocab_path or config.input.vocab_path,
-                                             config.input.text_len)
+    self.tokenizer = tokenizer_lib.from_config(config.input, vocab_path)
     tokenizer_lib.check_vocab_size(self.tokenizer, config.model.text.vocab_size)
     apply = lambda method: jax.jit(lambda p, x: self.model.apply({"params": p}, x, method=method))  # noqa: E731
     self._image = apply(flip_lib.FLIP.encode_image)
@@ -69,18 +78,21 @@ class FLIPModel:
 
   @classmethod
   def load(cls, path: str, step: int | None = None, **kwargs) -> "FLIPModel":
-    """From a training workdir (its config.json and newest checkpoint, or `step`) or from a file
-    written by `export` / tools/export.py."""
+    """From a training or import workdir (its config.json and newest checkpoint, or `step`),
+    a file written by `export` / tools/export.py, or a folder written by tools/export.py
+    --format=safetensors."""
     path = os.fspath(path)
     if os.path.isfile(path):
       return cls._from_export(path, **kwargs)
+    from flip.formats import hub  # pylint: disable=g-import-not-at-top
+    if hub.is_hub(path):
+      config, params, vocab = hub.read_hub(path)
+      return cls(config, params, vocab_path=kwargs.pop("vocab_path", None) or vocab, **kwargs)
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.json")):
-      with open(os.path.join(path, "config.json")) as f:
-        config = config_lib.resolve(config_lib.from_json(f.read()))
-      return cls(config, _workdir_params(path, config, step), **kwargs)
+      return cls(*workdir_config_and_params(path, step), **kwargs)
     raise errors.NotFoundError(
         f"{path} is neither a FLIP training workdir (a directory with config.json and "
-        "checkpoints/) nor an exported model file (tools/export.py).")
+        "checkpoints/), an exported model file nor an exported model folder (tools/export.py).")
 
   @classmethod
   def _from_export(cls, path: str, **kwargs) -> "FLIPModel":
@@ -91,10 +103,12 @@ class FLIPModel:
           raise errors.DataError(f"{path}: unknown export format {meta.get('format')!r}.")
         config = config_lib.from_json(z.read("config.json").decode("utf-8"))
         params = serialization.msgpack_restore(z.read("params.msgpack"))
-        vocab = z.read("vocab.txt")
-    except (zipfile.BadZipFile, KeyError) as e:
+        vocab_name = next(n for n in ("vocab.txt", "bpe_simple_vocab_16e6.txt.gz")
+                          if n in z.namelist())
+        vocab = z.read(vocab_name)
+    except (zipfile.BadZipFile, KeyError, StopIteration) as e:
       raise errors.DataError(f"{path} is not a FLIP model export (tools/export.py): {e}") from None
-    vocab_file = tempfile.NamedTemporaryFile("wb", suffix=".vocab.txt", delete=False)
+    vocab_file = tempfile.NamedTemporaryFile("wb", suffix="." + vocab_name, delete=False)
     with vocab_file:
       vocab_file.write(vocab)
     return cls(config, params, vocab_path=vocab_file.name, **kwargs)
@@ -206,21 +220,20 @@ class FLIPModel:
 def export(workdir: str, path: str, step: int | None = None) -> str:
   """Writes a training run's parameters (newest checkpoint, or `step`), config and vocabulary
   to one file that FLIPModel.load reads; returns `path`."""
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise errors.NotFoundError(f"{workdir} is not a FLIP training workdir (no config.json).")
+  config, params = workdir_config_and_params(workdir, step)
   with open(os.path.join(workdir, "config.json")) as f:
     config_text = f.read()
-  config = config_lib.resolve(config_lib.from_json(config_text))
-  params = jax.tree.map(np.asarray, _workdir_params(workdir, config, step))
-  from flip.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  with open(config.input.vocab_path or tokenizer_lib.DEFAULT_VOCAB, "rb") as f:
+  params = jax.tree.map(np.asarray, params)
+  from flip.formats import hub  # pylint: disable=g-import-not-at-top
+  vocab_path = hub.vocab_file(config)
+  with open(vocab_path, "rb") as f:
     vocab = f.read()
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
     z.writestr("format.json", json.dumps({"format": EXPORT_FORMAT, "step": step}))
     z.writestr("config.json", config_text)
     z.writestr("params.msgpack", serialization.msgpack_serialize(params))
-    z.writestr("vocab.txt", vocab)
+    z.writestr(hub.vocab_name(config), vocab)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
     f.write(buffer.getvalue())

@@ -20,6 +20,7 @@ from flip import pretrained
 from flip import sharding
 from flip import train_step as train_step_lib
 from flip.data import pipeline
+from flip.data import spec
 from flip.data import tokenizer as tokenizer_lib
 from flip.evaluation import embed
 
@@ -52,11 +53,12 @@ def _check_finite(loss: float, step: int, last_saved: int | None) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics."""
   config = config_lib.resolve(config)
+  spec.parse(config.input.data)  # training needs data (errors.ConfigError when it is not set)
   checkpoint.check_writable(workdir)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.input.global_batch_size
   sharding.check_batch(batch_size, mesh)
-  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
+  tokenizer = tokenizer_lib.from_config(config.input)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
 
   total_steps = config_lib.steps_from(config, "total", batch_size)

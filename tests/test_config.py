@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import ml_collections
 import pytest
@@ -53,8 +54,8 @@ def test_paper_recipes(name, size, mask, warmup):
   assert c.optim.base_lr * 65536 / 256 == pytest.approx(1.024e-3)
   assert (c.optim.b1, c.optim.b2, c.optim.weight_decay) == (0.9, 0.95, 0.2)
   assert c.optim.warmup_samples == warmup and c.total_samples == 12_800_000_000
-  with pytest.raises(ValueError, match="config.input.data"):
-    config_lib.validate(c)  # the paper's data must be named by the user
+  assert c.input.data is None  # the paper's data is named by the user (train.py requires it)
+  config_lib.validate(c)
 
 
 def test_mask_arg():
@@ -159,6 +160,12 @@ def test_choices_match_the_implementations():
   from flip.models import transformer
   assert set(config_lib.CHOICES["model.dtype"]) == set(transformer.DTYPES)
   assert set(config_lib.REMAT) == set(transformer.REMAT_POLICIES)
+  assert set(config_lib.CHOICES["model.act"]) == set(transformer.ACTIVATIONS)
+  from flip.models import text, vit
+  assert set(config_lib.CHOICES["model.image.posemb"]) == set(vit.POSEMBS)
+  assert set(config_lib.CHOICES["model.image.pool"]) == set(vit.POOLS)
+  assert set(config_lib.CHOICES["model.image.pixel_stats"]) == set(vit.PIXEL_STATS)
+  assert set(config_lib.CHOICES["model.text.pool"]) == set(text.POOLS)
   from flip.evaluation import suite
   assert set(config_lib.EVALUATORS) == set(suite.TYPES)
   import inspect
@@ -167,3 +174,51 @@ def test_choices_match_the_implementations():
     keyword_only = {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
     assert keyword_only == set(config_lib.EVALUATORS[kind]) - {"type", "every_steps"} | {
         "image_size"}, kind
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model.image.pool": "cls"}, "needs a class token"),
+    ({"input.tokenizer": "bpe"}, "also CLIP's token '!'"),
+    ({"model.act": "relu"}, "config.model.act='relu': choose one of"),
+    ({"model.text.pool": "last"}, "config.model.text.pool='last': choose one of"),
+    ({"model.image.mlp_ratio": 0.0}, "mlp_ratio=0.0 must be positive"),
+])
+def test_architecture_options_are_checked(overrides, message):
+  c = config_lib.base_config()
+  c.input.data = "tfds:flip_shapes"
+  for path, value in overrides.items():
+    section, _, key = path.rpartition(".")
+    node = c
+    for part in section.split("."):
+      node = node[part]
+    node[key] = value
+  with pytest.raises(errors.ConfigError, match=re.escape(message)):
+    config_lib.resolve(c)
+
+
+def test_old_configs_resolve_to_flips_architecture():
+  """A config.json from before the architecture options gets FLIP's (today's defaults)."""
+  c = config_lib.base_config().to_dict()
+  for key in ("act", "ln_eps"):
+    del c["model"][key]
+  for key in ("class_token", "posemb", "ln_pre", "patch_bias", "pool", "pixel_stats"):
+    del c["model"]["image"][key]
+  for key in ("causal", "pad_mask", "pool"):
+    del c["model"]["text"][key]
+  del c["input"]["tokenizer"]
+  c["input"]["data"] = "tfds:flip_shapes"
+  c["model"]["image"]["mlp_ratio"] = 4  # saved as an int then
+  r = config_lib.resolve(c)
+  assert (r.model.act, r.model.ln_eps, r.model.image.pool, r.model.text.pool) == (
+      "gelu", 1e-6, "mean", "mean")
+  assert r.model.image.mlp_ratio == 4.0 and r.input.tokenizer == "wordpiece"
+
+
+def test_data_is_needed_to_train_not_to_evaluate(tmp_path):
+  c = config_lib.base_config()
+  assert c.input.data is None
+  config_lib.resolve(c)  # evaluation and inference read no training data
+  from flip import train
+  with pytest.raises(errors.ConfigError, match="config.input.data is not set"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert not os.listdir(tmp_path)

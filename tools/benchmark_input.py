@@ -72,7 +72,7 @@ def write_synthetic_shards(directory: str, num_images: int, short_side: int) -> 
 
 def measure(config, threads: int, batches: int, warmup: int) -> float:
   """Images per second of the training pipeline with a tf.data pool of `threads` (0: default)."""
-  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
+  tokenizer = tokenizer_lib.from_config(config.input)
   ds = pipeline.train_dataset(config, tokenizer)
   if threads:
     options = tf.data.Options()

@@ -70,6 +70,17 @@ class Tokenizer:
     return self.tokenize(tf.constant(list(texts), dtype=tf.string)).numpy()
 
 
+def from_config(input_config, vocab_path: str | None = None):
+  """The tokenizer config.input selects: WordPiece (Tokenizer) or CLIP's byte-level BPE
+  (flip.data.bpe.BpeTokenizer), with `vocab_path`, else config.input.vocab_path, else the
+  packaged vocabulary, at length config.input.text_len."""
+  path = vocab_path or input_config.vocab_path
+  if input_config.tokenizer == "bpe":
+    from flip.data import bpe  # pylint: disable=g-import-not-at-top
+    return bpe.BpeTokenizer(path, input_config.text_len)
+  return Tokenizer(path, input_config.text_len)
+
+
 def check_vocab_size(tokenizer: Tokenizer, model_vocab_size: int) -> None:
   if tokenizer.vocab_size != model_vocab_size:
     raise errors.ConfigError(

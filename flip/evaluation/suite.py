@@ -77,7 +77,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise errors.ConfigError("config.evals declares no evaluator: add one, e.g. "
                              "--config=configs/demo.py, or see the README's evaluation section.")
   mesh = sharding.make_mesh(config.mesh)
-  tokenizer = tokenizer_lib.Tokenizer(config.input.vocab_path, config.input.text_len)
+  tokenizer = tokenizer_lib.from_config(config.input)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
   model = flip_lib.from_config(config.model)
   # The optimizer state is not read.

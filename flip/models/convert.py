@@ -24,7 +24,8 @@ from flip import errors
 RESAMPLED = ("text/pos_embed",)
 
 
-def _path(path) -> str:
+def path_name(path) -> str:
+  """The name ("image/encoder/block00/attn/query/kernel") of a jax tree path."""
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
@@ -32,7 +33,7 @@ def _layout(encoder: dict) -> str:
   return "scanned" if "blocks" in encoder else "unrolled"
 
 
-def _to_layout(encoder: dict, layout: str) -> dict:
+def to_layout(encoder: dict, layout: str) -> dict:
   """An encoder's params in the `layout` ("scanned" or "unrolled")."""
   if _layout(encoder) == layout:
     return encoder
@@ -60,19 +61,19 @@ def resample_rows(table: jax.Array, rows: int) -> jax.Array:
   return table[lo] * (1 - frac) + table[hi] * frac
 
 
-def adapt(source: dict, target_abstract: dict) -> dict:
+def adapt(source: dict, target_abstract: dict, resample: bool = True) -> dict:
   """`source` params reshaped to the structure and shapes of `target_abstract` (ShapeDtypeStructs
   or arrays); raises errors.CheckpointMismatchError, naming the parameters, where they cannot
-  be mapped."""
+  be mapped. resample=False: no position embedding is resampled either (imports)."""
   source = dict(source)
   for tower in ("image", "text"):
     if tower in source and tower in target_abstract:
       layout = _layout(target_abstract[tower]["encoder"])
       source[tower] = {**source[tower],
-                       "encoder": _to_layout(dict(source[tower]["encoder"]), layout)}
-  src = {_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
+                       "encoder": to_layout(dict(source[tower]["encoder"]), layout)}
+  src = {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(source)[0]}
   tgt_leaves, treedef = jax.tree_util.tree_flatten_with_path(target_abstract)
-  tgt = {_path(p): x for p, x in tgt_leaves}
+  tgt = {path_name(p): x for p, x in tgt_leaves}
   missing, extra = sorted(set(tgt) - set(src)), sorted(set(src) - set(tgt))
   if missing or extra:
     raise errors.CheckpointMismatchError(
@@ -83,9 +84,9 @@ def adapt(source: dict, target_abstract: dict) -> dict:
         + "set config.model (depth, sizes) to the pretrained model's.")
   out = []
   for path, want in tgt_leaves:
-    name, x = _path(path), src[_path(path)]
+    name, x = path_name(path), src[path_name(path)]
     if x.shape != want.shape:
-      if name in RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
+      if resample and name in RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
         x = resample_rows(x, want.shape[0])
       else:
         raise errors.CheckpointMismatchError(

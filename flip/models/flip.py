@@ -57,18 +57,23 @@ def tower_options(model: ml_collections.ConfigDict, tower: str) -> transformer.T
   """The TowerOptions of config.model's `tower` ("image" or "text")."""
   return transformer.TowerOptions(
       mlp_ratio=model[tower].mlp_ratio, dtype=transformer.DTYPES[model.dtype],
-      remat=model[tower].remat, scan=model.scan_layers, attention=model.attention)
+      remat=model[tower].remat, scan=model.scan_layers, attention=model.attention,
+      act=model.act, ln_eps=model.ln_eps, causal=tower == "text" and model.text.causal)
 
 
 def from_config(model: ml_collections.ConfigDict) -> FLIP:
   """The model of a resolved config's config.model (flip.config_lib.resolve)."""
   image, text = model.image, model.text
   return FLIP(
-      image=vit.VisionTower(patch_size=image.patch_size, width=image.width, depth=image.depth,
-                            num_heads=image.num_heads, options=tower_options(model, "image")),
-      text=text_lib.TextTower(vocab_size=text.vocab_size, width=text.width, depth=text.depth,
-                              num_heads=text.num_heads, max_len=text.max_len,
-                              options=tower_options(model, "text")),
+      image=vit.VisionTower(
+          patch_size=image.patch_size, width=image.width, depth=image.depth,
+          num_heads=image.num_heads, options=tower_options(model, "image"),
+          class_token=image.class_token, posemb=image.posemb, ln_pre=image.ln_pre,
+          patch_bias=image.patch_bias, pool=image.pool, pixel_stats=image.pixel_stats),
+      text=text_lib.TextTower(
+          vocab_size=text.vocab_size, width=text.width, depth=text.depth,
+          num_heads=text.num_heads, max_len=text.max_len, options=tower_options(model, "text"),
+          pad_mask=text.pad_mask, pool=text.pool),
       embed_dim=model.embed_dim)
 
 

@@ -9,13 +9,17 @@ the same model:
 - `scan`: the blocks as one `nn.scan` over stacked parameters (leading `layers` axis): one
   block is compiled instead of `depth`, which keeps compile times flat for deep towers.
 - `attention`: jax.nn.dot_product_attention's implementation (attention_implementation).
-Architecture variants of other model families (a class token, causal text attention, other
-activations and poolings) are further fields of TowerOptions whose defaults keep this model.
+The other fields are the block architecture of other model families (their defaults keep
+FLIP's): the MLP activation (`act`: exact GELU; GELU's tanh approximation; CLIP's QuickGELU),
+the LayerNorm epsilon (1e-6; open_clip's 1e-5) and causal attention (CLIP's text tower).
+Tower-level variants (a class token, learned image positions, poolings) are fields of the
+towers, flip.models.vit.VisionTower and flip.models.text.TextTower.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -34,16 +38,26 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The MLP's activation: exact GELU (FLIP, open_clip's default), its tanh approximation (the
+# released FLIP code: flax's default) and QuickGELU, x * sigmoid(1.702 x) (OpenAI CLIP).
+ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * nn.sigmoid(1.702 * x),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class TowerOptions:
   """How a tower's transformer blocks compute (the same for every block of the tower)."""
-  mlp_ratio: int = 4  # MLP hidden units per unit of width
+  mlp_ratio: float = 4  # MLP hidden units per unit of width (int(width * mlp_ratio))
   dtype: Any = jnp.float32  # compute dtype; parameters are float32
   remat: str = "none"  # a key of REMAT_POLICIES
   scan: bool = False  # nn.scan over the blocks (stacked parameters)
   attention: str = "auto"  # "auto" | "xla" | "cudnn": see attention_implementation
+  act: str = "gelu"  # a key of ACTIVATIONS
+  ln_eps: float = LN_EPS  # every LayerNorm's epsilon
+  causal: bool = False  # each token attends only to itself and the tokens before it
 
 
 constrain = sharding.constrain
@@ -61,8 +75,9 @@ def partitioned(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
-def layer_norm(name: str | None = None, dtype: Any = jnp.float32) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=LN_EPS, name=name, dtype=dtype,
+def layer_norm(name: str | None = None, dtype: Any = jnp.float32, eps: float = LN_EPS
+               ) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, name=name, dtype=dtype,
                       scale_init=partitioned(nn.initializers.ones, ("embed",)),
                       bias_init=partitioned(nn.initializers.zeros, ("embed",)))
 
@@ -107,7 +122,7 @@ class Attention(nn.Module):
     names = ("batch", "act_length", "act_heads", "act_kv")
     q, k, v = (constrain(proj(name)(x), names) for name in ("query", "key", "value"))  # b t n h
     implementation = attention_implementation(self.options.attention, dtype, mask is not None)
-    y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask,
+    y = constrain(jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=self.options.causal,
                                                implementation=implementation), names)
     return nn.DenseGeneral(
         width, axis=(-2, -1), name="out", dtype=dtype,
@@ -118,6 +133,7 @@ class Attention(nn.Module):
 class MlpBlock(nn.Module):
   mlp_dim: int
   dtype: Any = jnp.float32  # compute dtype
+  act: str = "gelu"  # a key of ACTIVATIONS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -125,7 +141,7 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, name="fc1", dtype=self.dtype,
                  kernel_init=partitioned(dense_init(), ("embed", "mlp")),
                  bias_init=partitioned(nn.initializers.zeros, ("mlp",)))(x)
-    x = nn.gelu(constrain(x, ("batch", "act_length", "act_mlp")), approximate=False)
+    x = ACTIVATIONS[self.act](constrain(x, ("batch", "act_length", "act_mlp")))
     return nn.Dense(width, name="fc2", dtype=self.dtype,
                     kernel_init=partitioned(dense_init(), ("mlp", "embed")),
                     bias_init=partitioned(nn.initializers.zeros, ("embed",)))(x)
@@ -138,10 +154,11 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
     o = self.options
-    y = layer_norm("ln1", o.dtype)(x)
+    y = layer_norm("ln1", o.dtype, o.ln_eps)(x)
     x = x + Attention(self.num_heads, o, name="attn")(y, mask)
-    y = layer_norm("ln2", o.dtype)(x)
-    return constrain_tokens(x + MlpBlock(x.shape[-1] * o.mlp_ratio, o.dtype, name="mlp")(y))
+    y = layer_norm("ln2", o.dtype, o.ln_eps)(x)
+    mlp = MlpBlock(int(x.shape[-1] * o.mlp_ratio), o.dtype, o.act, name="mlp")
+    return constrain_tokens(x + mlp(y))
 
 
 class _ScanBlock(EncoderBlock):
@@ -174,4 +191,4 @@ class Encoder(nn.Module):
     else:
       for i in range(self.depth):
         x = block_cls(self.num_heads, o, name=f"block{i:02d}")(x, mask)
-    return layer_norm("ln_final", o.dtype)(x)
+    return layer_norm("ln_final", o.dtype, o.ln_eps)(x)

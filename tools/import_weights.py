@@ -1,0 +1,71 @@
+"""Imports pretrained weights into a workdir (config.json + a checkpoint of the parameters).
+
+  python tools/import_weights.py --format=open_clip --model=ViT-B-16 \\
+      --checkpoint=open_clip_pytorch_model.bin --workdir=/tmp/vitb16_laion2b
+
+--format=open_clip: an open_clip (or OpenAI CLIP) ViT state dict, as .safetensors (read without
+PyTorch) or .bin/.pt/.pth (needs PyTorch): the files open_clip's hub download and
+`open_clip.create_model_and_transforms(MODEL, pretrained=TAG)` cache. --model is its open_clip
+model name (ViT-B-32, ViT-B-16, ViT-L-14, ViT-H-14, ..., with -quickgelu for OpenAI's weights)
+or the path of its JSON model config.
+
+The workdir is read like any training run's: `python -m flip.evaluate --workdir=OUT` (its config
+evaluates ImageNet zero-shot and COCO retrieval from TFDS; --config=... replaces it),
+`flip.inference.FLIPModel.load(OUT)`, and `--config.init_from=OUT` to fine-tune (masked or not).
+Names, shapes and the model config are checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+
+from flip import cli
+
+FORMATS = ("open_clip",)
+
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "The weights' format.")
+_MODEL = flags.DEFINE_string("model", None, "open_clip: the model name or its JSON config.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The weights file (or directory).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The new workdir to write.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "The TFDS data dir of the evaluation sets (config.input.data_dir); "
+    "default: TFDS's (TFDS_DATA_DIR).")
+flags.mark_flags_as_required(["format", "checkpoint", "workdir"])
+
+
+def import_open_clip(model: str | None, path: str, workdir: str, data_dir: str | None = None
+                     ) -> tuple[object, int]:
+  """Writes `workdir` from open_clip weights file `path` of model `model`; (config, #params)."""
+  from flip import config_lib  # pylint: disable=g-import-not-at-top
+  from flip.configs import common  # pylint: disable=g-import-not-at-top
+  from flip.formats import open_clip  # pylint: disable=g-import-not-at-top
+  from flip.formats import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if not model:
+    from flip import errors  # pylint: disable=g-import-not-at-top
+    raise errors.ConfigError("--format=open_clip needs --model, the open_clip model name "
+                             "(e.g. ViT-B-16) or its JSON model config.")
+  cfg = open_clip.model_config(model)
+  config = open_clip.apply(config_lib.base_config(), cfg)
+  common.paper_evals(config, every_steps=config.checkpoint_every_steps)
+  config.input.data_dir = data_dir
+  state = open_clip.read_state_dict(path)
+  params = open_clip.to_params(state, cfg, model)
+  workdir_lib.write(config, params, workdir)
+  return config, sum(int(x.size) for x in state.values())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+  workdir = os.path.abspath(_WORKDIR.value)
+  _, count = import_open_clip(_MODEL.value, _CHECKPOINT.value, workdir, _DATA_DIR.value)
+  print(f"Imported {_FORMAT.value} {_MODEL.value or ''} ({count / 1e6:.1f}M parameters) from "
+        f"{_CHECKPOINT.value} into {workdir}. Evaluate it with: python -m flip.evaluate "
+        f"--workdir={workdir}")
+
+
+if __name__ == "__main__":
+  cli.run(main, tensorflow=False, join=False)
