@@ -42,7 +42,7 @@ CHOICES = {
     "model.image.pool": ("mean", "cls"),
     "model.image.pixel_stats": ("imagenet", "openai"),
     "model.text.pool": ("mean", "eot", "first"),
-    "input.tokenizer": ("wordpiece", "bpe"),
+    "input.tokenizer": ("wordpiece", "bpe", "flip_official"),
 }
 
 # Fields added after runs had saved their config.json, with the value that describes those runs
@@ -115,7 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.text_key = config_dict.placeholder(str)  # None: txt (wds, tfrecord), captions (tfds)
   c.input.image_size = 224
   c.input.text_len = 32
-  # "wordpiece" (FLIP: BERT's uncased WordPiece) | "bpe" (CLIP's byte-level BPE, context 77).
+  # "wordpiece" (FLIP: BERT's uncased WordPiece, [CLS] ... [SEP]) | "bpe" (CLIP's byte-level
+  # BPE, context 77) | "flip_official" (the released FLIP code's WordPiece: no special tokens).
   c.input.tokenizer = "wordpiece"
   # None = the packaged vocabulary of the tokenizer (BERT-base uncased / CLIP's BPE merges)
   c.input.vocab_path = config_dict.placeholder(str)

@@ -6,9 +6,9 @@ first, as every test process has): builds models, writes their weights, embeds.
       perturbed, so that LayerNorms and biases are not ones and zeros): OUT_DIR/model.safetensors,
       OUT_DIR/model.bin (--bin) and OUT_DIR/ref.npz (image/text embeddings, logit scale,
       open_clip.tokenize ids).
-  python tests/open_clip_worker.py load MODEL_OR_DIR WEIGHTS INPUTS.npz OUT.npz
-      create_model_and_transforms(MODEL, pretrained=WEIGHTS) (or "local-dir:DIR" with WEIGHTS
-      "-"), then the same embeddings into OUT.npz.
+  python tests/open_clip_worker.py load MODEL WEIGHTS INPUTS.npz OUT.npz
+      create_model_and_transforms(MODEL, pretrained=WEIGHTS) (MODEL a name, a JSON model config
+      or "local-dir:DIR" with WEIGHTS "-"), then the same embeddings into OUT.npz.
 INPUTS.npz: images (uint8 [n, S, S, 3], already at the model's size) and texts (str [m]).
 """
 
@@ -56,6 +56,9 @@ def main():
     np.savez(f"{out}/ref.npz", **embed(model, np.load(inputs)))
   elif command == "load":
     name, weights, inputs, out = sys.argv[2:6]
+    if name.endswith(".json"):
+      open_clip.add_model_config(name)
+      name = name.rsplit("/", 1)[-1][:-len(".json")]
     if weights == "-":
       model, _, _ = open_clip.create_model_and_transforms(name)
     else:

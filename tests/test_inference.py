@@ -147,16 +147,30 @@ def test_bad_input_names_the_input(model, run_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["workdir", "export"])
+@pytest.mark.parametrize("source", ["workdir", "export", "hub_folder_and_photos"])
 def test_notebook_runs_end_to_end(run_dir, tmp_path, monkeypatch, source):
-  """notebooks/flip_inference.ipynb, executed in a fresh kernel with no network."""
+  """notebooks/flip_inference.ipynb, executed in a fresh kernel with no network: on the scenes
+  it draws, or (a model-hub export) on a folder of the user's photographs."""
   import nbclient
   import nbformat
   model_path = run_dir[0]
+  monkeypatch.delenv("FLIP_IMAGE_DIR", raising=False)
   if source == "export":
     model_path = inference.export(run_dir[0], str(tmp_path / "demo.flip"))
+  elif source == "hub_folder_and_photos":
+    from flip.formats import hub
+    model_path = hub.write_hub(*inference.workdir_config_and_params(run_dir[0]),
+                               str(tmp_path / "hub"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):  # stand-ins for photographs: smooth colour fields, JPEG, odd sizes
+      h, w = 120 + 17 * i, 160 - 9 * i
+      field = np.cumsum(rng.normal(size=(h, w, 3)), axis=0).cumsum(axis=1)
+      field = (255 * (field - field.min()) / np.ptp(field)).astype(np.uint8)
+      Image.fromarray(field).save(photos / f"photo_{i}.jpg", quality=90)
+    monkeypatch.setenv("FLIP_IMAGE_DIR", str(photos))
   monkeypatch.setenv("FLIP_MODEL", model_path)
-  monkeypatch.delenv("FLIP_IMAGE_DIR", raising=False)
   monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend: figures as PNG
   monkeypatch.setenv("PYTHONPATH", ROOT)
   nb = nbformat.read(os.path.join(ROOT, "notebooks", "flip_inference.ipynb"), as_version=4)
@@ -164,5 +178,6 @@ def test_notebook_runs_end_to_end(run_dir, tmp_path, monkeypatch, source):
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
   outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   text = "".join(o.get("text", "") for o in outputs)
-  assert f"Loaded {model_path}" in text and "12 images in" in text
+  images = "5 images in" if source == "hub_folder_and_photos" else "12 images in"
+  assert f"Loaded {model_path}" in text and images in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # the four figures

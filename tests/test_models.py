@@ -202,3 +202,25 @@ def test_attention_choice_is_checked_and_xla_equals_auto_on_cpu():
   forced = flip_lib.from_config(c.model).apply({"params": params}, images, tokens)
   for a, b in zip(forced, model.apply({"params": params}, images, tokens)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_masking_never_drops_the_class_token():
+  """open_clip-style tower (class token, learned positions with a class slot, ln_pre, class-token
+  pooling): masking keeps 1 + int(L * (1 - r)) tokens, the class token first and whole."""
+  options = transformer.TowerOptions(act="quick_gelu", ln_eps=1e-5)
+  tower = vit.VisionTower(patch_size=8, width=32, depth=1, num_heads=2, options=options,
+                          class_token=True, posemb="learned", ln_pre=True, patch_bias=False,
+                          pool="cls", pixel_stats="openai")
+  images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  params = nn.unbox(tower.init(jax.random.key(1), images)["params"])
+  assert params["pos_embed"].shape == (17, 32) and "bias" not in params["patch_embed"]
+  for ratio in (0.0, 0.5, 0.9):
+    out, state = tower.apply({"params": params}, images, ratio, rngs={"mask": jax.random.key(2)},
+                             capture_intermediates=True)
+    assert out.shape == (3, 32) and np.isfinite(out).all()
+    encoded = state["intermediates"]["encoder"]["__call__"][0]
+    assert encoded.shape == (3, 1 + vit.keep_length(16, ratio), 32), ratio
+    first = state["intermediates"]["ln_pre"]["__call__"][0][:, 0]
+    cls = params["cls_token"] + params["pos_embed"][0]
+    want = nn.LayerNorm(epsilon=1e-5).apply({"params": params["ln_pre"]}, cls)
+    np.testing.assert_allclose(first, np.broadcast_to(want, first.shape), atol=1e-6)

@@ -44,3 +44,24 @@ def test_missing_vocab_file_is_a_clear_error(tmp_path):
   bad.write_text("hello\nworld\n")
   with pytest.raises(ValueError, match="special tokens"):
     tokenizer_lib.Tokenizer(str(bad))
+
+
+def test_flip_official_flavour_is_the_released_codes_tokenization():
+  """The released FLIP code's tokenization: tf.text BertTokenizer(lower_case=True) on the file,
+  no special tokens, tf.text pad_model_inputs to 32 (its input_pipeline_laion.py)."""
+  import tensorflow as tf
+  import tensorflow_text as tf_text
+  released = tokenizer_lib.Tokenizer(max_len=32, flavour="flip_official")
+  assert released.vocab_size == 30523  # the lookup table's OOV slot counted, as its model does
+  texts = ["A Photo of a RED circle", "Straße, ﬁne Ｆｕｌｌ-width café", "東京 😀 well-known",
+           "word " * 50, ""]
+  reference = tf_text.BertTokenizer(tokenizer_lib.DEFAULT_VOCAB, lower_case=True,
+                                    token_out_type=tf.int32)
+  want = np.stack([tf_text.pad_model_inputs(reference.tokenize(tf.constant([t])).merge_dims(
+      1, -1), 32)[0][0].numpy() for t in texts])
+  got = released(texts)
+  np.testing.assert_array_equal(got, want)
+  assert got[0, :6].tolist() == [1037, 6302, 1997, 1037, 2417, 4418] and got[0, 6] == 0
+  assert (got[3] == got[3, 0]).all()  # the first 32 pieces, no [SEP]
+  with pytest.raises(ValueError, match="Unknown WordPiece flavour"):
+    tokenizer_lib.Tokenizer(flavour="bert")

@@ -26,17 +26,29 @@ def normalize(texts: tf.Tensor) -> tf.Tensor:
   return tf.strings.regex_replace(tf_text.normalize_utf8(texts, "NFD"), r"\p{Mn}", "")
 
 
-class Tokenizer:
-  """Lower-cased BERT WordPiece: [CLS] pieces [SEP], truncated to and padded with 0 to max_len."""
+FLAVOURS = ("wordpiece", "flip_official")
 
-  def __init__(self, vocab_path: str | None = None, max_len: int = 32):
+
+class Tokenizer:
+  """Lower-cased BERT WordPiece: [CLS] pieces [SEP], truncated to and padded with 0 to max_len.
+
+  flavour="flip_official": the released FLIP code's tokenization, for its weights: tf.text's
+  BertTokenizer(lower_case=True) (NFKC case folding), no [CLS]/[SEP], the first max_len pieces,
+  padded with 0; its vocabulary size counts the lookup table's out-of-vocabulary slot (30,523).
+  """
+
+  def __init__(self, vocab_path: str | None = None, max_len: int = 32,
+               flavour: str = "wordpiece"):
+    if flavour not in FLAVOURS:
+      raise errors.ConfigError(f"Unknown WordPiece flavour {flavour!r}: one of {FLAVOURS}.")
+    self.special_tokens = flavour == "wordpiece"
     self.vocab_path = vocab_path or DEFAULT_VOCAB
     if not tf.io.gfile.exists(self.vocab_path):
       raise errors.NotFoundError(f"WordPiece vocabulary {self.vocab_path} not found; set "
                                  "config.input.vocab_path to a file with one token per line.")
     with tf.io.gfile.GFile(self.vocab_path) as f:
       vocab = [line.rstrip("\n") for line in f]
-    if max_len < 3:
+    if max_len < (3 if self.special_tokens else 1):
       raise errors.ConfigError(
           f"max_len={max_len} leaves no room for text between [CLS] and [SEP].")
     missing = {"[PAD]", "[UNK]", "[CLS]", "[SEP]"} - set(vocab)
@@ -53,14 +65,22 @@ class Tokenizer:
     # Lower-casing is done as BERT's reference tokenizer does it (Unicode lower case, NFD, accents
     # dropped) rather than with tf_text's `lower_case=True`, whose NFKC case folding also turns
     # "ß" into "ss", ligatures into letters and full-width forms into ASCII.
-    self._bert = tf_text.BertTokenizer(table, lower_case=False, token_out_type=tf.int32)
+    self._bert = tf_text.BertTokenizer(table, lower_case=not self.special_tokens,
+                                       token_out_type=tf.int32)
+    if not self.special_tokens:
+      self.vocab_size += 1  # the released code's model counts the table's OOV slot
 
   def wordpieces(self, texts: tf.Tensor) -> tf.RaggedTensor:
     """Strings [b] -> ragged WordPiece ids [b, None], no special tokens, no truncation."""
+    if not self.special_tokens:
+      return self._bert.tokenize(texts).merge_dims(-2, -1)
     return self._bert.tokenize(normalize(texts)).merge_dims(-2, -1)
 
   def tokenize(self, texts: tf.Tensor) -> tf.Tensor:
     """Strings [b] -> int32 [b, max_len]: graph-compatible, for tf.data."""
+    if not self.special_tokens:
+      return self.wordpieces(texts)[:, : self.max_len].to_tensor(
+          default_value=text_lib.PAD_ID, shape=[None, self.max_len])
     pieces = self.wordpieces(texts)[:, : self.max_len - 2]
     edge = tf.RaggedTensor.from_tensor(tf.ones([pieces.nrows(), 1], pieces.dtype))
     ids = tf.concat([edge * self.cls_id, pieces, edge * self.sep_id], axis=1)
@@ -71,14 +91,14 @@ class Tokenizer:
 
 
 def from_config(input_config, vocab_path: str | None = None):
-  """The tokenizer config.input selects: WordPiece (Tokenizer) or CLIP's byte-level BPE
-  (flip.data.bpe.BpeTokenizer), with `vocab_path`, else config.input.vocab_path, else the
+  """The tokenizer config.input selects: WordPiece (Tokenizer, also the released FLIP code's
+  flavour) or CLIP's byte-level BPE (flip.data.bpe.BpeTokenizer), with `vocab_path`, else config.input.vocab_path, else the
   packaged vocabulary, at length config.input.text_len."""
   path = vocab_path or input_config.vocab_path
   if input_config.tokenizer == "bpe":
     from flip.data import bpe  # pylint: disable=g-import-not-at-top
     return bpe.BpeTokenizer(path, input_config.text_len)
-  return Tokenizer(path, input_config.text_len)
+  return Tokenizer(path, input_config.text_len, flavour=input_config.tokenizer)
 
 
 def check_vocab_size(tokenizer: Tokenizer, model_vocab_size: int) -> None:
