@@ -71,6 +71,7 @@ import msgpack
 import numpy as np
 
 from flip import errors
+from flip.models import convert
 
 # The released models' sizes (configs/cfg_flip_large*.py and cfg_flip_huge14*.py).
 MODELS: dict[str, dict[str, int]] = {
@@ -530,17 +531,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def _unflatten(flat: dict[str, np.ndarray]) -> dict:
-  out: dict = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split("/")
-    node = out
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return out
-
-
 def to_params(flat: dict[str, np.ndarray], sizes: dict) -> dict:
   """This codebase's parameters (unrolled blocks, numpy float32) of a released checkpoint's
   flat parameters (read_checkpoint), checking every name and shape and that the stored image
@@ -557,7 +547,7 @@ def to_params(flat: dict[str, np.ndarray], sizes: dict) -> dict:
         "model computes instead of storing: the checkpoint is not a released FLIP model.")
   ours = {b: np.asarray(np.asarray(flat[a], np.float32).reshape(sb), order="C")
           for a, b, _, sb in mapping(sizes)}
-  return _unflatten(ours)
+  return convert.unflatten(ours)
 
 
 def from_params(params: dict, sizes: dict) -> dict[str, np.ndarray]:

@@ -25,9 +25,9 @@ import numpy as np
 
 from flip import config_lib
 from flip import errors
+from flip import sharding
 from flip.formats import open_clip
 from flip.formats import safetensors
-from flip import sharding
 from flip.models import convert
 from flip.models import flip as flip_lib
 
@@ -53,17 +53,6 @@ def flatten(params) -> dict[str, np.ndarray]:
                      "encoder": convert.to_layout(dict(params[tower]["encoder"]), "unrolled")}
   return {convert.path_name(p): np.asarray(x, np.float32)
           for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def unflatten(flat: dict[str, np.ndarray]) -> dict:
-  tree: dict = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split("/")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
 
 
 def vocab_file(config: ml_collections.ConfigDict) -> str:
@@ -113,14 +102,14 @@ def read_hub(path: str) -> tuple[ml_collections.ConfigDict, dict, str]:
   vocab = os.path.join(path, vocab_name(config))
   if not os.path.exists(vocab):
     raise errors.NotFoundError(f"{path} lacks its tokenizer file {os.path.basename(vocab)}.")
-  return config, check_params(config, unflatten(flat)), vocab
+  return config, check_params(config, convert.unflatten(flat)), vocab
 
 
 def write_open_clip(config: ml_collections.ConfigDict, params, path: str) -> str:
   """Writes the open_clip folder of a resolved config and its parameters; errors.ConfigError,
   before anything is written, naming what open_clip cannot express."""
   cfg = open_clip.config_of(config)
-  state = open_clip.from_params(unflatten(flatten(params)), cfg)
+  state = open_clip.from_params(convert.unflatten(flatten(params)), cfg)
   _fresh_dir(path)
   safetensors.write(os.path.join(path, "open_clip_model.safetensors"), state, {"format": "pt"})
   with open(os.path.join(path, "open_clip_config.json"), "w") as f:

@@ -29,6 +29,18 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+def unflatten(flat: dict) -> dict:
+  """The nested dict of {"image/encoder/...": value} names (path_name's inverse)."""
+  tree: dict = {}
+  for name, value in flat.items():
+    node = tree
+    *parents, leaf = name.split("/")
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
 def _layout(encoder: dict) -> str:
   return "scanned" if "blocks" in encoder else "unrolled"
 
