@@ -48,3 +48,14 @@ def shapes_data_dir(tmp_path_factory):
     fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then reuse it
     tfds.builder("flip_shapes", data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+  """The files with the most slow tests first (each file's tests together and in order, so that
+  module fixtures are built once): under pytest -n 2 the long runs start early and the short
+  tests fill the gaps at the end, instead of one long test running alone there."""
+  del config
+  slow = {}
+  for item in items:
+    slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
+  items.sort(key=lambda item: -slow[item.path])  # stable: the files' own order within each

@@ -196,6 +196,15 @@ def test_masked_fine_tuning_of_an_imported_model(shapes_data_dir, tiny, tmp_path
   from flip.formats import workdir as workdir_lib
   imported = workdir_lib.write(config, params, str(tmp_path / "imported"))
 
+  # flip.evaluate's evaluation of the imported workdir (its config, evaluators on flip_shapes).
+  from flip import checkpoint, evaluation
+  evals = checkpoint.read_config(imported).to_dict()
+  evals["input"]["data_dir"] = shapes_data_dir
+  evals["evals"] = {"zeroshot": dict(type="zeroshot", every_steps=1, dataset="flip_shapes",
+                                     split="validation", max_examples=64)}
+  results = evaluation.evaluate_checkpoint(config_lib.resolve(evals), imported)
+  assert results["step"] == 0 and 0.0 <= results["zeroshot/top1"] <= 1.0
+
   from flip import train
   from flip.configs import open_clip_mask50
   ft = open_clip_mask50.get_config(str(tiny))

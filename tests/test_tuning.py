@@ -109,6 +109,29 @@ def test_text_position_embedding_is_resampled(pretrained_run):
   np.testing.assert_array_equal(new[[0, -1]], old[[0, -1]])
 
 
+def test_learned_image_position_embedding_is_resampled_keeping_the_class_slot():
+  """open_clip-style learned positions (a class slot + a g x g grid) onto another resolution:
+  the class row is kept, the grid resampled bicubically (a smooth grid stays that function)."""
+  rows, cols = np.meshgrid(np.linspace(0, 1, 4), np.linspace(0, 1, 4), indexing="ij")
+  grid = np.stack([rows + 2 * cols, np.ones_like(rows)], -1).reshape(16, 2)  # linear: exact
+  table = np.concatenate([[[7.0, -7.0]], grid]).astype(np.float32)
+  out = np.asarray(convert.resample_grid(table, 1 + 36))
+  assert out.shape == (37, 2)
+  np.testing.assert_array_equal(out[0], [7.0, -7.0])
+  big = out[1:].reshape(6, 6, 2)
+  np.testing.assert_allclose(big[..., 1], 1.0, atol=1e-5)
+  assert big[0, 0, 0] < big[0, -1, 0] < big[-1, -1, 0]  # the ramp keeps its direction
+  np.testing.assert_array_equal(np.asarray(convert.resample_grid(table, 17)), table)
+  source = {"image": {"pos_embed": table, "encoder": {}}, "text": {"encoder": {}}}
+  target = {"image": {"pos_embed": jax.ShapeDtypeStruct((37, 2), np.float32), "encoder": {}},
+            "text": {"encoder": {}}}
+  assert convert.adapt(source, target)["image"]["pos_embed"].shape == (37, 2)
+  with pytest.raises(ValueError, match="Cannot map"):
+    convert.adapt(source, target, resample=False)
+  with pytest.raises(ValueError, match="neither is a square grid"):
+    convert.resample_grid(table[:15], 37)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(patch=8), r"image/patch_embed/kernel of shape \(48, 32\) onto this model's \(192, 32\)"),
     (dict(width=64), r"Cannot map the checkpoint.s image/.* of shape \(2, 2, 16\) onto this model.s \(2, 2, 32\)"),

@@ -46,54 +46,61 @@ _DATA_DIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["format", "checkpoint", "workdir"])
 
 
-def import_open_clip(model: str | None, path: str, workdir: str, data_dir: str | None = None
-                     ) -> tuple[object, int]:
-  """Writes `workdir` from open_clip weights file `path` of model `model`; (config, #params)."""
-  from flip import config_lib  # pylint: disable=g-import-not-at-top
+def _write(config, params, workdir: str, data_dir: str | None) -> int:
+  """The import's workdir: its config evaluates what the paper reports (ImageNet zero-shot, COCO
+  retrieval) from `data_dir`; returns the number of parameters."""
+  import jax  # pylint: disable=g-import-not-at-top
   from flip.configs import common  # pylint: disable=g-import-not-at-top
-  from flip.formats import open_clip  # pylint: disable=g-import-not-at-top
   from flip.formats import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  common.paper_evals(config, every_steps=config.checkpoint_every_steps)
+  config.input.data_dir = data_dir
+  workdir_lib.write(config, params, workdir)
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def import_open_clip(model: str | None, path: str, workdir: str, data_dir: str | None = None
+                     ) -> int:
+  """Writes `workdir` from open_clip weights file `path` of model `model`; the #parameters."""
+  from flip import config_lib  # pylint: disable=g-import-not-at-top
+  from flip import errors  # pylint: disable=g-import-not-at-top
+  from flip.formats import open_clip  # pylint: disable=g-import-not-at-top
   if not model:
-    from flip import errors  # pylint: disable=g-import-not-at-top
     raise errors.ConfigError("--format=open_clip needs --model, the open_clip model name "
                              "(e.g. ViT-B-16) or its JSON model config.")
   cfg = open_clip.model_config(model)
   config = open_clip.apply(config_lib.base_config(), cfg)
-  common.paper_evals(config, every_steps=config.checkpoint_every_steps)
-  config.input.data_dir = data_dir
-  state = open_clip.read_state_dict(path)
-  params = open_clip.to_params(state, cfg, model)
-  workdir_lib.write(config, params, workdir)
-  return config, sum(int(x.size) for x in state.values())  # (all of them are parameters)
+  params = open_clip.to_params(open_clip.read_state_dict(path), cfg, model)
+  return _write(config, params, workdir, data_dir)
 
 
 def import_flip_official(model: str | None, path: str, workdir: str, data_dir: str | None = None
-                         ) -> tuple[object, int]:
-  """Writes `workdir` from the released FLIP t5x checkpoint directory `path`; (config, #params)."""
+                         ) -> int:
+  """Writes `workdir` from the released FLIP t5x checkpoint directory `path`; the #parameters.
+  `model`: None (sizes read off the checkpoint), a released model's name (checked against the
+  checkpoint) or a JSON dict of the numbers of heads of a model of other sizes."""
+  import json  # pylint: disable=g-import-not-at-top
   from flip import config_lib  # pylint: disable=g-import-not-at-top
-  from flip.configs import common  # pylint: disable=g-import-not-at-top
+  from flip import errors  # pylint: disable=g-import-not-at-top
   from flip.formats import flip_official  # pylint: disable=g-import-not-at-top
-  from flip.formats import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if model and model.lstrip().startswith("{"):
+    try:
+      model = json.loads(model)
+    except json.JSONDecodeError as e:
+      raise errors.ConfigError(f"--model={model!r} is not a JSON dict: {e}.") from None
   flat = flip_official.read_checkpoint(path)
-  if model and model.lstrip().startswith("{"):  # sizes of one's own, e.g. '{"image_heads": 4,
-    import json  # pylint: disable=g-import-not-at-top  # "text_heads": 4}'
-    model = json.loads(model)
-  sizes = flip_official.detect(flat, model)  # a named model is checked against the shapes
+  sizes = flip_official.detect(flat, model)
   config = flip_official.apply(config_lib.base_config(), sizes)
-  common.paper_evals(config, every_steps=config.checkpoint_every_steps)
-  config.input.data_dir = data_dir
-  params = flip_official.to_params(flat, sizes)
-  workdir_lib.write(config, params, workdir)
-  import jax  # pylint: disable=g-import-not-at-top
-  return config, sum(int(x.size) for x in jax.tree.leaves(params))
+  return _write(config, flip_official.to_params(flat, sizes), workdir, data_dir)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
   workdir = os.path.abspath(_WORKDIR.value)
+  from flip.formats import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_new(workdir)  # before reading gigabytes of weights
   run = import_open_clip if _FORMAT.value == "open_clip" else import_flip_official
-  _, count = run(_MODEL.value, _CHECKPOINT.value, workdir, _DATA_DIR.value)
+  count = run(_MODEL.value, _CHECKPOINT.value, workdir, _DATA_DIR.value)
   print(f"Imported {_FORMAT.value} {_MODEL.value or ''} ({count / 1e6:.1f}M parameters) from "
         f"{_CHECKPOINT.value} into {workdir}. Evaluate it with: python -m flip.evaluate "
         f"--workdir={workdir}")

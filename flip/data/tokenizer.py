@@ -64,7 +64,8 @@ class Tokenizer:
         num_oov_buckets=1)
     # Lower-casing is done as BERT's reference tokenizer does it (Unicode lower case, NFD, accents
     # dropped) rather than with tf_text's `lower_case=True`, whose NFKC case folding also turns
-    # "ß" into "ss", ligatures into letters and full-width forms into ASCII.
+    # "ß" into "ss", ligatures into letters and full-width forms into ASCII (the released FLIP
+    # code used that, so its flavour does too).
     self._bert = tf_text.BertTokenizer(table, lower_case=not self.special_tokens,
                                        token_out_type=tf.int32)
     if not self.special_tokens:
@@ -91,9 +92,9 @@ class Tokenizer:
 
 
 def from_config(input_config, vocab_path: str | None = None):
-  """The tokenizer config.input selects: WordPiece (Tokenizer, also the released FLIP code's
-  flavour) or CLIP's byte-level BPE (flip.data.bpe.BpeTokenizer), with `vocab_path`, else config.input.vocab_path, else the
-  packaged vocabulary, at length config.input.text_len."""
+  """The tokenizer config.input selects: WordPiece (Tokenizer, also in the released FLIP
+  code's flavour) or CLIP's byte-level BPE (flip.data.bpe.BpeTokenizer), with `vocab_path`,
+  else config.input.vocab_path, else the packaged vocabulary, at length config.input.text_len."""
   path = vocab_path or input_config.vocab_path
   if input_config.tokenizer == "bpe":
     from flip.data import bpe  # pylint: disable=g-import-not-at-top

@@ -21,11 +21,17 @@ from flip import errors
 from flip.formats import hub
 
 
+def check_new(workdir: str) -> None:
+  """errors.ConfigError if `workdir` already holds a run (checked before any import work)."""
+  if os.path.exists(os.path.join(workdir, "checkpoints")) or os.path.exists(
+      os.path.join(workdir, "config.json")):
+    raise errors.ConfigError(f"{workdir} already holds a run: import into a new directory.")
+
+
 def write(config: ml_collections.ConfigDict, params: dict, workdir: str) -> str:
   """Writes config.json and checkpoints/0 (the parameters) to `workdir`; returns the workdir."""
   config = config_lib.resolve(config)
-  if os.path.exists(os.path.join(workdir, "checkpoints")):
-    raise errors.ConfigError(f"{workdir} already holds checkpoints: import into a new directory.")
+  check_new(workdir)
   params = hub.check_params(config, jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), params))
   checkpoint.check_writable(workdir)
   checkpoint.write_config(config, workdir)

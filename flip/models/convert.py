@@ -1,8 +1,9 @@
 """Maps the parameters of one FLIP onto another: a pretrained checkpoint onto the model of a
 later stage (unmasked tuning, another resolution or text length, scanned or unrolled blocks).
 
-- Image resolution / patch grid: nothing to map; the image position embedding is fixed sin-cos
-  and is recomputed for the grid of every input (flip.models.vit.sincos_2d).
+- Image resolution / patch grid: nothing to map for the fixed sin-cos position embedding, which
+  is recomputed for the grid of every input (flip.models.vit.sincos_2d); a learned one
+  (open_clip's) is resampled bicubically, its class slot kept.
 - Text length: the learned position embedding is resampled (linear interpolation) when
   config.model.text.max_len differs.
 - Block layout: scanned (`encoder/blocks/...` stacked on a leading axis) and unrolled
@@ -13,6 +14,7 @@ parameter and both shapes.
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -22,6 +24,7 @@ import numpy as np
 from flip import errors
 
 RESAMPLED = ("text/pos_embed",)
+GRID_RESAMPLED = "image/pos_embed"  # a learned image position embedding (open_clip's)
 
 
 def path_name(path) -> str:
@@ -73,6 +76,20 @@ def resample_rows(table: jax.Array, rows: int) -> jax.Array:
   return table[lo] * (1 - frac) + table[hi] * frac
 
 
+def resample_grid(table: jax.Array, rows: int) -> jax.Array:
+  """A learned [extra + g * g, d] image position embedding (extra = 0 or 1 class slot, kept)
+  bicubically resampled to [rows, d] (another resolution or patch grid), as open_clip does."""
+  for extra in (0, 1):
+    old, new = math.isqrt(table.shape[0] - extra), math.isqrt(rows - extra)
+    if old * old == table.shape[0] - extra and new * new == rows - extra and old and new:
+      grid = table[extra:].reshape(old, old, -1)
+      grid = jax.image.resize(grid, (new, new, grid.shape[-1]), method="bicubic")
+      return jnp.concatenate([table[:extra], grid.reshape(new * new, -1)], axis=0)
+  raise errors.CheckpointMismatchError(
+      f"Cannot resample the image position embedding of {table.shape[0]} rows to {rows}: "
+      "neither is a square grid (with or without a class slot).")
+
+
 def adapt(source: dict, target_abstract: dict, resample: bool = True) -> dict:
   """`source` params reshaped to the structure and shapes of `target_abstract` (ShapeDtypeStructs
   or arrays); raises errors.CheckpointMismatchError, naming the parameters, where they cannot
@@ -100,11 +117,13 @@ def adapt(source: dict, target_abstract: dict, resample: bool = True) -> dict:
     if x.shape != want.shape:
       if resample and name in RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
         x = resample_rows(x, want.shape[0])
+      elif resample and name == GRID_RESAMPLED and x.ndim == 2 and x.shape[1] == want.shape[1]:
+        x = resample_grid(x, want.shape[0])
       else:
         raise errors.CheckpointMismatchError(
             f"Cannot map the checkpoint's {name} of shape {tuple(x.shape)} onto this model's "
-            f"{tuple(want.shape)}: only the text position embedding's length is resampled (the "
-            "image position embedding is recomputed for any resolution); set config.model to "
-            "the pretrained model's sizes (width, heads, depth, patch size, vocabulary).")
+            f"{tuple(want.shape)}: only position embeddings are resampled (text length; a learned "
+            "image grid; a fixed sin-cos one is recomputed for any resolution); set "
+            "config.model to the pretrained model's sizes (width, heads, depth, vocabulary).")
     out.append(jnp.asarray(x, want.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
