@@ -9,8 +9,9 @@
 Images get the evaluation transform (short side resized to the model's resolution, bicubic, centre
 crop, ImageNet mean/std); texts the training tokenizer. Everything runs jitted on JAX's default
 device (CPU, GPU or TPU) in fixed-size batches. `export(workdir, path)` writes one portable
-file (zip: params.msgpack, config.json, vocab.txt) that `FLIPModel.load` reads without orbax,
-optax or any training code.
+file (zip: params.msgpack, config.json, the tokenizer's vocabulary) that `FLIPModel.load` reads
+without orbax, optax or any training code; it also reads a workdir of imported weights
+(tools/import_weights.py) and a model-hub folder (tools/export.py --format=safetensors).
 """
 
 from __future__ import annotations
