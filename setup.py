@@ -27,6 +27,8 @@ setuptools.setup(
         "ftfy>=6.0",  # CLIP's BPE tokenizer (flip/data/bpe.py)
         "jax>=0.5.0",
         "ml_collections>=1.0",
+        "ml_dtypes>=0.4",  # bfloat16 tensors of safetensors files (a JAX dependency)
+        "msgpack>=1.0",  # the released FLIP checkpoints' index (a flax dependency)
         "numpy>=1.26",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",

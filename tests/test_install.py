@@ -3,6 +3,7 @@
 
 import glob
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -47,3 +48,29 @@ def test_wheel_installs_and_runs_from_elsewhere(shapes_data_dir, tmp_path):
   # The flip-train script: a mistyped recipe name is one line listing the recipes.
   typo = run(str(target / "bin" / "flip-train"), "--config=vitl16_mask5", f"--workdir={workdir}")
   assert typo.returncode == 2 and "vitl16_mask50" in typo.stderr
+
+
+OPTIONAL = {"torch": "reads open_clip .bin/.pt files (flip/formats/open_clip.py says how)"}
+DISTRIBUTION = {"absl": "absl-py", "PIL": "pillow", "orbax": "orbax-checkpoint",
+                "tensorflow_datasets": "tensorflow-datasets", "tensorflow_text": "tensorflow-text"}
+
+
+def test_install_requires_lists_what_the_package_imports():
+  """Every third-party module that flip/ imports is in setup.py's install_requires (torch, an
+  optional reader, excepted)."""
+  import ast
+  import re
+  imported = set()
+  for path in pathlib.Path(ROOT, "flip").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        imported |= {a.name.split(".")[0] for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        imported.add(node.module.split(".")[0])
+  third_party = {m for m in imported if m not in sys.stdlib_module_names and m != "flip"}
+  setup = pathlib.Path(ROOT, "setup.py").read_text()
+  listed = {re.split(r"[<>=\[ ]", r)[0].lower().replace("_", "-")
+            for r in re.findall(r'^\s+"([A-Za-z][^"]*)",', setup, re.M)}
+  missing = {m for m in third_party - set(OPTIONAL)
+             if DISTRIBUTION.get(m, m).lower().replace("_", "-") not in listed}
+  assert not missing, f"imported by flip/ but not in install_requires: {sorted(missing)}"
