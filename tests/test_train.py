@@ -171,7 +171,10 @@ def test_cli_reports_missing_dataset(tmp_path):
 
 
 def test_demo_learns_well_above_chance(shapes_data_dir, tmp_path):
-  """A shortened demo run (250 of its 2200 steps) beats chance (1/48) zero-shot by far.
+  """A shortened demo run (150 of its 2200 steps) beats chance (1/48) zero-shot by far.
+
+  Measured 2026-12-02 (Intel Xeon, 2 cores): 18.7% zero-shot, 5.0% image->text top-1 and 27.5%
+  probe after 150 steps (20.1%, 7.6%, 27.8% after 250), against the 10.4%, 0.5% and 4.2% asked.
 
   It runs in a subprocess on one CPU device, as the demo does: with 8 simulated devices on a
   2-core machine, the busy input pipeline can starve XLA's cross-device rendezvous into its
@@ -185,9 +188,9 @@ from flip import train
 from flip.configs import demo
 config = demo.get_config()
 config.input.data_dir = {shapes_data_dir!r}
-config.total_steps = config.checkpoint_every_steps = 250
+config.total_steps = config.checkpoint_every_steps = 150
 for ev in config.evals.values():
-  ev.every_steps = 250
+  ev.every_steps = 150
 print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r})))
 """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -196,9 +199,9 @@ print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r}))
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
-  print(f"demo after 250 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
+  print(f"demo after 150 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
         f"i2t top-1 {summary['retrieval/i2t_recall@1']:.3f}, probe {summary['linear_probe/top1']:.3f}")
-  assert summary["step"] == 250
+  assert summary["step"] == 150
   assert summary["zeroshot/top1"] > 5 * chance, summary
   assert summary["retrieval/i2t_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images
   assert summary["linear_probe/top1"] > 2 * chance, summary
