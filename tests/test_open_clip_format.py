@@ -149,6 +149,7 @@ def test_import_tool_writes_a_workdir_that_inference_and_export_read(tiny, tmp_p
   from flip import inference
   model = inference.FLIPModel.load(str(workdir), batch_size=4)
   assert model.config.input.tokenizer == "bpe" and model.config.model.image.pool == "cls"
+  assert list(model.config.evals) == ["imagenet"]  # the import's evaluation: ImageNet zero-shot
   image, text = model.encode_images(list(images)), model.encode_texts(CAPTIONS)
   check_equal("the workdir", ref, image, text, model.logit_scale,
               model.tokenizer(CAPTIONS))
