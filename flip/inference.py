@@ -49,9 +49,8 @@ def workdir_config_and_params(workdir: str, step: int | None = None):
 
 def _workdir_params(workdir: str, config: ml_collections.ConfigDict, step: int | None):
   from flip import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: workdirs only)
-  one_device = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1)),
-                                  devices=jax.devices()[:1])
-  params, _ = checkpoint.load_params(workdir, flip_lib.abstract_params(config, one_device), step)
+  params, _ = checkpoint.load_params(
+      workdir, flip_lib.abstract_params(config, sharding.one_device_mesh()), step)
   return params
 
 
@@ -104,8 +103,8 @@ class FLIPModel:
           raise errors.DataError(f"{path}: unknown export format {meta.get('format')!r}.")
         config = config_lib.from_json(z.read("config.json").decode("utf-8"))
         params = serialization.msgpack_restore(z.read("params.msgpack"))
-        vocab_name = next(n for n in ("vocab.txt", "bpe_simple_vocab_16e6.txt.gz")
-                          if n in z.namelist())
+        from flip.formats import hub  # pylint: disable=g-import-not-at-top
+        vocab_name = next(n for n in hub.VOCAB_NAMES if n in z.namelist())
         vocab = z.read(vocab_name)
     except (zipfile.BadZipFile, KeyError, StopIteration) as e:
       raise errors.DataError(f"{path} is not a FLIP model export (tools/export.py): {e}") from None

@@ -89,6 +89,12 @@ def with_activation_rules(fn, mesh: Mesh, rules):
   return wrapped
 
 
+def one_device_mesh() -> Mesh:
+  """The mesh of JAX's first device alone (inference, reading and checking parameters)."""
+  return make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1)),
+                   devices=jax.devices()[:1])
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
   """A (data, fsdp, model) mesh; one size may be -1 to take the remaining devices."""
   devices = np.asarray(jax.devices() if devices is None else devices)

@@ -522,15 +522,6 @@ def _check(got: dict[str, tuple], want: dict[str, tuple], what: str, hint: str) 
         f"all). {hint}")
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict) or hasattr(tree, "items"):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    return out
-  return {prefix[:-1]: tree}
-
-
 def to_params(flat: dict[str, np.ndarray], sizes: dict) -> dict:
   """This codebase's parameters (unrolled blocks, numpy float32) of a released checkpoint's
   flat parameters (read_checkpoint), checking every name and shape and that the stored image
@@ -554,7 +545,7 @@ def from_params(params: dict, sizes: dict) -> dict[str, np.ndarray]:
   """The released checkpoint's flat parameters (float32 numpy) of this codebase's parameters
   (unrolled blocks, config.model.scan_layers=False) of the model `apply(config, sizes)` makes;
   the inverse of to_params (the position table is the fixed one)."""
-  flat = _flatten(params)
+  flat = convert.flatten(params)
   pairs = mapping(sizes)
   _check({k: tuple(np.shape(v)) for k, v in flat.items()}, {b: sb for _, b, _, sb in pairs},
          "The parameters do not fit the released FLIP model of these sizes",

@@ -39,9 +39,8 @@ def check_params(config: ml_collections.ConfigDict, params: dict) -> dict:
   """`params` (unrolled or scanned blocks) in the layout and dtypes of config's model, on one
   device; every name and shape checked (errors.CheckpointMismatchError names the parameter and
   both shapes)."""
-  one_device = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, model=1)),
-                                  devices=jax.devices()[:1])
-  return convert.adapt(params, flip_lib.abstract_params(config, one_device), resample=False)
+  return convert.adapt(params, flip_lib.abstract_params(config, sharding.one_device_mesh()),
+                       resample=False)
 
 
 def flatten(params) -> dict[str, np.ndarray]:
@@ -51,8 +50,7 @@ def flatten(params) -> dict[str, np.ndarray]:
   for tower in ("image", "text"):
     params[tower] = {**params[tower],
                      "encoder": convert.to_layout(dict(params[tower]["encoder"]), "unrolled")}
-  return {convert.path_name(p): np.asarray(x, np.float32)
-          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {name: np.asarray(x, np.float32) for name, x in convert.flatten(params).items()}
 
 
 def vocab_file(config: ml_collections.ConfigDict) -> str:
@@ -66,8 +64,11 @@ def vocab_file(config: ml_collections.ConfigDict) -> str:
   return tokenizer.DEFAULT_VOCAB
 
 
+VOCAB_NAMES = ("vocab.txt", "bpe_simple_vocab_16e6.txt.gz")  # WordPiece, BPE: in an export
+
+
 def vocab_name(config: ml_collections.ConfigDict) -> str:
-  return "bpe_simple_vocab_16e6.txt.gz" if config.input.tokenizer == "bpe" else "vocab.txt"
+  return VOCAB_NAMES[config.input.tokenizer == "bpe"]
 
 
 def _fresh_dir(path: str) -> None:

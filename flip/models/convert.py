@@ -32,6 +32,11 @@ def path_name(path) -> str:
   return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
+def flatten(tree) -> dict:
+  """{"image/encoder/...": leaf} of a nested dict of parameters (unflatten's inverse)."""
+  return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def unflatten(flat: dict) -> dict:
   """The nested dict of {"image/encoder/...": value} names (path_name's inverse)."""
   tree: dict = {}
