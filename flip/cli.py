@@ -5,12 +5,15 @@
     cli.run(main)
 
 `run` does, in order: restart the process once with glibc huge pages where that helps
-(flip/hostmem.py; before JAX starts), resolve `--config=NAME` to a packaged recipe, parse the
+(flip/hostmem.py; before JAX starts), route stderr through flip/stderr_filter.py, resolve `--config=NAME` to a packaged recipe, parse the
 flags (a mistyped `--config.field` override is one line naming the overrides), keep TensorFlow
 (tf.data only) off the accelerators, join a multi-process run (flip.distributed.initialize), and
 call `main`. Error policy: an expected user error (flip.errors.FlipError, raised by the checks
 with a message saying what to change) prints one line, `error: <message>`, and exits with status
-1; any other exception is a bug and keeps its traceback.
+1; any other exception is a bug and keeps its traceback. A run stopped by SIGTERM or SIGINT after
+saving its checkpoint (flip.errors.Interrupted) prints its one line and exits with 128 + the
+signal (143, 130). A failed or interrupted run exits at once after its output (os._exit: see
+flip.data.pipeline.keep_alive).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 from typing import Callable
 
 from absl import app
@@ -27,6 +31,7 @@ from absl import logging
 from flip import distributed
 from flip import errors
 from flip import hostmem
+from flip import stderr_filter
 
 
 def parse_flags(argv):
@@ -74,6 +79,10 @@ def _call(main: Callable, tensorflow: bool, join: bool, argv):
     if join:
       distributed.initialize()  # a multi-process run: joins it, before any other JAX use
     return main(argv)
+  except errors.Interrupted as e:  # stopped by a signal, with a checkpoint: not an error
+    logging.warning("%s", e)
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_status)
   except errors.FlipError as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
@@ -91,5 +100,25 @@ def run(main: Callable, *, tensorflow: bool = True, join: bool = True,
   """
   if huge_pages:
     hostmem.reexec_with_huge_pages()  # before JAX starts: see flip/hostmem.py
+  stderr_filter.install()  # libjpeg's lines about broken images stay off the console
   sys.argv = recipe_argv(sys.argv, recipe_flags)
-  app.run(functools.partial(_call, main, tensorflow, join), flags_parser=parse_flags)
+  try:
+    app.run(functools.partial(_call, main, tensorflow, join), flags_parser=parse_flags)
+  except SystemExit as e:
+    if e.code not in (None, 0):
+      _exit_now(e.code if isinstance(e.code, int) else 1)
+    raise
+  except Exception:  # noqa: BLE001  (a bug: its traceback, then the same prompt exit)
+    traceback.print_exc()
+    _exit_now(1)
+
+
+def _exit_now(status: int) -> None:
+  """Ends a failed or interrupted run at once, its output flushed: the interpreter's own exit
+  would destroy a tf.data iterator left mid-stream, which can hang (pipeline.keep_alive). Its
+  checkpoints are already complete (the training loop finished every save first)."""
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  stderr_filter.drain()
+  os._exit(status)  # pylint: disable=protected-access

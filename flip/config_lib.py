@@ -323,6 +323,17 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
       raise errors.ConfigError(f"config.{path}={value!r}: choose one of {allowed}.")
 
 
+def _check_kept_patches(config: ml_collections.ConfigDict, path: str, mask_ratio: float) -> None:
+  """A mask ratio must keep at least one patch of the configured image (else NaN features)."""
+  from flip.models import vit  # pylint: disable=g-import-not-at-top
+  patches = (config.input.image_size // config.model.image.patch_size) ** 2
+  if mask_ratio > 0 and vit.keep_length(patches, mask_ratio) < 1:
+    raise errors.ConfigError(
+        f"{path}={mask_ratio} keeps no patch of the {patches} of a "
+        f"{config.input.image_size}px image (patch size {config.model.image.patch_size}): the "
+        f"image tower would see nothing. Use a ratio of at most {1 - 1 / patches:.4g}.")
+
+
 def _check_values(config: ml_collections.ConfigDict) -> None:
   if config.input.data is not None:  # needed to train (train.py), not to evaluate or infer
     spec.parse(config.input.data)  # its format; the files are checked when training starts
@@ -336,6 +347,9 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f"config.input.image_size={config.input.image_size} is not a multiple of "
         f"config.model.image.patch_size={image.patch_size}.")
+  _check_kept_patches(config, "config.mask_ratio", config.mask_ratio)
+  for name, ev in config.evals.items():
+    _check_kept_patches(config, f"config.evals.{name}.mask_ratio", ev.mask_ratio)
   text = config.model.text
   if config.input.tokenizer == "bpe" and (text.pad_mask or text.pool == "mean"):
     raise errors.ConfigError(

@@ -32,6 +32,18 @@ class NotWritableError(FlipError, PermissionError):
   """A directory the run must write to cannot be written."""
 
 
+class WorkdirLockedError(FlipError, RuntimeError):
+  """Another run holds the workdir (its lock file, flip/lock.py)."""
+
+
+class CorruptCheckpointError(FlipError, ValueError):
+  """No checkpoint of the workdir can be restored."""
+
+
+class SaveError(FlipError, OSError):
+  """A checkpoint could not be saved (a full disk, lost storage)."""
+
+
 class CheckpointMismatchError(FlipError, ValueError):
   """A checkpoint's parameters do not fit the configured model."""
 
@@ -42,3 +54,15 @@ class DivergedError(FlipError, FloatingPointError):
 
 class DistributedError(FlipError, ConnectionError):
   """A multi-process run could not be joined."""
+
+
+class Interrupted(FlipError):
+  """The run was stopped by a signal (SIGTERM, SIGINT) after saving a checkpoint.
+
+  The entry points exit with `exit_status`, 128 + the signal (143 for SIGTERM, 130 for SIGINT).
+  """
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+    self.exit_status = 128 + int(signum)

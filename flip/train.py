@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from typing import Any
 
@@ -15,7 +17,9 @@ from flip import checkpoint
 from flip import config_lib
 from flip import errors
 from flip import evaluation
+from flip import lock
 from flip import memory
+from flip import preemption
 from flip import pretrained
 from flip import sharding
 from flip import train_step as train_step_lib
@@ -41,8 +45,10 @@ def _format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def _check_finite(loss: float, step: int, last_saved: int | None) -> None:
+def _check_finite(loss: float, step: int, ckpt: checkpoint.Checkpointer) -> None:
   if not math.isfinite(loss):
+    ckpt.wait()  # a save in flight finishes first: the step named below is on disk
+    last_saved = ckpt.latest_step()
     kept = (f"the last good checkpoint (step {last_saved}) is kept and a rerun resumes from it"
             if last_saved is not None else "no checkpoint was saved")
     raise errors.DivergedError(
@@ -51,23 +57,47 @@ def _check_finite(loss: float, step: int, last_saved: int | None) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics."""
+  """Trains (resuming from `workdir` if it holds a checkpoint); returns the last metrics.
+
+  Before anything is written to `workdir`: every data source is listed and its first usable
+  record decoded, and every evaluation data set looked up. The run then holds the workdir's lock
+  (flip/lock.py) and stops cleanly on SIGTERM/SIGINT (flip/preemption.py: a checkpoint, then
+  errors.Interrupted).
+  """
   config = config_lib.resolve(config)
   spec.parse(config.input.data)  # training needs data (errors.ConfigError when it is not set)
-  checkpoint.check_writable(workdir)
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.input.global_batch_size
   sharding.check_batch(batch_size, mesh)
   tokenizer = tokenizer_lib.from_config(config.input)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
+  pipeline.check_sources(config)
 
-  total_steps = config_lib.steps_from(config, "total", batch_size)
   init_rng, mask_rng = jax.random.split(jax.random.key(config.seed))
   model, init_fn, abstract_state, step_fn = train_step_lib.build(config, mesh, mask_rng=mask_rng)
+  evaluators = evaluation.make_evaluators(
+      config, embed.Embedder(model, tokenizer, mesh, batch_size, config.logical_axis_rules),
+      missing_ok=True)
+  total_steps = config_lib.steps_from(config, "total", batch_size)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(lock.WorkdirLock(workdir))
+    stop = stack.enter_context(preemption.StopSignal())
+    checkpoint.check_writable(workdir)
+    ckpt = stack.enter_context(checkpoint.Checkpointer(
+        workdir, config.checkpoint_every_steps, config.keep_checkpoints))
+    return _loop(config, workdir, mesh, tokenizer, total_steps, init_rng,
+                 (model, init_fn, abstract_state, step_fn), evaluators, ckpt, stop)
 
-  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint_every_steps, config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, data_position = ckpt.restore(abstract_state)
+
+def _loop(config, workdir, mesh, tokenizer, total_steps, init_rng, built, evaluators, ckpt,
+          stop) -> dict[str, float]:
+  """The training loop of train_and_evaluate, inside the lock, the signal handlers and the
+  checkpointer (closed, its saves finished, however the loop ends)."""
+  _, init_fn, abstract_state, step_fn = built
+  batch_size = config.input.global_batch_size
+  restored = ckpt.restore_newest_intact(abstract_state)
+  if restored is not None:
+    state, data_position = restored
     input_state = pipeline.restore_input_state(data_position, config)
     logging.info("Resumed from step %d of %d (input: %s).", int(state.step), total_steps,
                  input_state)
@@ -78,7 +108,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = init_fn(init_rng, params)
     input_state = pipeline.InputState.start(len(pipeline.parse_sources(config)))
   start_step = int(state.step)
-  last_saved = ckpt.latest_step()
   checkpoint.write_config(config, workdir)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -88,16 +117,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   logging.info("Model: %.2fM parameters; mesh %s; global batch %d; %d steps; mask ratio %.2f.",
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
-  evaluators = evaluation.make_evaluators(
-      config, embed.Embedder(model, tokenizer, mesh, batch_size, config.logical_axis_rules),
-      missing_ok=True)
   # Compiled ahead of time to report its per-device memory before the first batch.
   step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh)).compile()
   logging.info("Compiled train step: %s.", memory.report(step_fn, abstract_state))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
-  batches = pipeline.prefetch_to_device(
-      pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
-      if start_step < end_step else iter(()), mesh, config.input.prefetch_to_device)
+  host_batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
+                  if start_step < end_step else iter(()))
+  batches = pipeline.prefetch_to_device(pipeline.reporting_errors(host_batches, config), mesh,
+                                        config.input.prefetch_to_device)
 
   summary: dict[str, float] = {}
 
@@ -113,50 +140,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
     return time.time() - start
 
-  timer_step, timer_start = start_step, time.time()
-  train_seconds = 0.0  # wall-clock of training (input + steps, not evaluation) in this process
-  for step in range(start_step + 1, end_step + 1):
-    host_batch, batch = next(batches)
-    input_state.update(host_batch)
-    state, metrics = step_fn(state, batch)
-    is_last = step == end_step
-    is_log = step % config.log_every_steps == 0 or is_last
-    is_save = step % config.checkpoint_every_steps == 0 or is_last
+  try:
+    timer_step, timer_start = start_step, time.time()
+    train_seconds = 0.0  # wall-clock of training (input + steps, not evaluation) in this process
+    for step in range(start_step + 1, end_step + 1):
+      host_batch, batch = next(batches)
+      input_state.update(host_batch)
+      state, metrics = step_fn(state, batch)
+      is_last = step == end_step
+      is_log = step % config.log_every_steps == 0 or is_last
+      is_save = step % config.checkpoint_every_steps == 0 or is_last
 
-    if is_log or is_save:
-      metrics = jax.device_get(metrics)
-      _check_finite(float(metrics["loss"]), step, last_saved)
-    if is_log:
-      elapsed = time.time() - timer_start
-      train_seconds += elapsed
-      steps_per_sec = (step - timer_step) / max(elapsed, 1e-9)
-      timer_step, timer_start = step, time.time()
-      scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
-      scalars.update({"train/steps_per_sec": steps_per_sec,
-                      "train/images_per_sec": steps_per_sec * batch_size,
-                      "train/seconds": train_seconds,
-                      "data/skipped": pipeline.total_skipped(input_state)})
-      writer.write_scalars(step, scalars)
-      summary.update(scalars)
-      logging.info("step %d/%d (%.0f%%) | loss %.4f | lr %.3g | logit scale %.1f | "
-                   "%.2f steps/s | %.0f img/s | %d skipped | ETA %s", step, total_steps,
-                   100 * step / total_steps, metrics["loss"], metrics["lr"],
-                   metrics["logit_scale"], steps_per_sec, steps_per_sec * batch_size,
-                   scalars["data/skipped"],
-                   _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
+      if is_log or is_save:
+        metrics = jax.device_get(metrics)
+        _check_finite(float(metrics["loss"]), step, ckpt)
+      if is_log:
+        elapsed = time.time() - timer_start
+        train_seconds += elapsed
+        steps_per_sec = (step - timer_step) / max(elapsed, 1e-9)
+        timer_step, timer_start = step, time.time()
+        scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+        scalars.update({"train/steps_per_sec": steps_per_sec,
+                        "train/images_per_sec": steps_per_sec * batch_size,
+                        "train/seconds": train_seconds,
+                        "data/skipped": pipeline.total_skipped(input_state)})
+        writer.write_scalars(step, scalars)
+        summary.update(scalars)
+        logging.info("step %d/%d (%.0f%%) | loss %.4f | lr %.3g | logit scale %.1f | "
+                     "%.2f steps/s | %.0f img/s | %d skipped | ETA %s", step, total_steps,
+                     100 * step / total_steps, metrics["loss"], metrics["lr"],
+                     metrics["logit_scale"], steps_per_sec, steps_per_sec * batch_size,
+                     scalars["data/skipped"],
+                     _format_duration((total_steps - step) / max(steps_per_sec, 1e-9)))
 
-    due = [name for name in evaluators
-           if step % config.evals[name].every_steps == 0 or is_last]
-    timer_start += run_evals(due, step, state.params)  # evaluation is not in the throughput
+      stopping = stop.should_stop(step)  # a SIGTERM/SIGINT: save now, evaluate nothing
+      if not stopping:
+        due = [name for name in evaluators
+               if step % config.evals[name].every_steps == 0 or is_last]
+        timer_start += run_evals(due, step, state.params)  # evaluation is not in the throughput
 
-    if is_save:
-      ckpt.save(step, state, pipeline.save_input_state(input_state, config), force=is_last)
-      last_saved = step
+      if is_save or stopping:
+        ckpt.save(step, state, pipeline.save_input_state(input_state, config),
+                  force=is_last or stopping)
+      ckpt.check_for_errors()  # a failed save (e.g. a full disk) stops the run at once
+      if stopping:
+        ckpt.wait()
+        name = signal.Signals(stop.signum).name
+        raise errors.Interrupted(
+            f"Stopped by {name} after step {step} of {total_steps}: checkpoint {step} saved in "
+            f"{ckpt.directory}; rerun the same command to resume from it.", stop.signum)
+  except BaseException:
+    pipeline.keep_alive(host_batches)  # a tf.data iterator is not destroyed mid-stream
+    raise
+  finally:
+    writer.flush()
   if start_step >= end_step:  # nothing left to train: report the final model's metrics
     logging.info("The checkpoint is already at step %d; evaluating it.", start_step)
     run_evals(list(evaluators), start_step, state.params)
 
-  ckpt.close()
   writer.flush()
   summary["step"] = int(state.step)
   return summary

@@ -67,3 +67,74 @@ def test_unknown_recipe_name_is_one_line(capsys):
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "vitl16_mask50" in err and "vitl16_mask51" in err
+
+
+def test_interrupted_runs_print_their_line_and_exit_128_plus_the_signal(capsys):
+  def main(argv):
+    del argv
+    raise errors.Interrupted("Stopped by SIGTERM after step 5 of 9: checkpoint 5 saved.", 15)
+
+  with pytest.raises(SystemExit) as exit_info:
+    _call(main)
+  assert exit_info.value.code == 143
+  assert capsys.readouterr().err == "Stopped by SIGTERM after step 5 of 9: checkpoint 5 saved.\n"
+
+
+NOISE = [b"Corrupt JPEG data: 2 extraneous bytes before marker 0xd9",
+         b"Premature end of JPEG file", b"Improper call to JPEG library in state 201",
+         b"libpng warning: iCCP: known incorrect sRGB profile",
+         b"W0000 00:00:1796235518.661884   20310 local_rendezvous.cc:412] Local rendezvous is "
+         b"aborting with status: INVALID_ARGUMENT: jpeg::Uncompress failed. Invalid JPEG data or "
+         b"crop window."]
+
+
+def test_stderr_filter_drops_image_library_lines_only():
+  import os
+  import threading
+  from flip import stderr_filter
+  kept = [b"I1202 step 3/10 | loss 2.1", b"Traceback (most recent call last):",
+          b"  Corrupt JPEG data in a quoted traceback line stays", b"error: something to fix"]
+  read_in, write_in = os.pipe()
+  read_out, write_out = os.pipe()
+  forwarder = threading.Thread(target=stderr_filter.forward, args=(read_in, write_out))
+  forwarder.start()
+  for line in [NOISE[0], kept[0], NOISE[1], kept[1], kept[2]] + NOISE[2:] + [kept[3]]:
+    os.write(write_in, line + b"\n")
+  os.write(write_in, b"a partial line")
+  os.close(write_in)
+  forwarder.join(10)
+  os.close(write_out)
+  with os.fdopen(read_out, "rb") as f:
+    assert f.read() == b"".join(k + b"\n" for k in kept) + b"a partial line"
+
+
+@pytest.mark.slow
+def test_entry_points_filter_stderr_and_pass_on_a_crash():
+  """Through cli.run: TensorFlow's libjpeg line for a corrupt JPEG is dropped; what the process
+  writes just before it aborts still arrives (the filter is a separate process)."""
+  import os
+  import subprocess
+  import sys
+  code = (
+      "import os, tensorflow as tf\n"
+      "from flip import cli\n"
+      "def main(argv):\n"
+      "  try:\n"
+      "    tf.io.decode_image(b'\\xff\\xd8\\xff\\xe0' + bytes(range(256)) * 4, channels=3)\n"
+      "  except tf.errors.InvalidArgumentError:\n"
+      "    print('decode failed as expected', file=sys.stderr, flush=True)\n"
+      "  os.write(2, b'last words before the abort\\n')\n"
+      "  os.abort()\n"
+      "import sys\n"
+      "cli.run(main, join=False, huge_pages=False)\n")
+  env = {k: v for k, v in os.environ.items() if k != "FLIP_RAW_STDERR"}
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env,
+                          timeout=120)
+  assert result.returncode == -6  # SIGABRT
+  assert b"decode failed as expected" in result.stderr
+  assert b"last words before the abort" in result.stderr
+  assert b"Improper call to JPEG library" not in result.stderr, result.stderr[-2000:]
+  # FLIP_RAW_STDERR=1: the raw stream, libjpeg's line included.
+  raw = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       env=dict(env, FLIP_RAW_STDERR="1"), timeout=120)
+  assert b"Improper call to JPEG library" in raw.stderr

@@ -95,6 +95,12 @@ def test_unknown_recipe_name_lists_the_recipes():
     (lambda c: c.evals.zeroshot.__delattr__("dataset"), r"evals.zeroshot.*needs.*'dataset'"),
     (lambda c: setattr(c.evals.zeroshot, "every_steps", 0), r"every_steps=0"),
     (lambda c: setattr(c.evals.zeroshot, "mask_ratio", 1.0), r"evals.zeroshot.mask_ratio=1.0"),
+    # The demo's 32 px images in 8 px patches: 16 patches; 0.95 keeps int(16 * 0.05) = 0.
+    (lambda c: setattr(c, "mask_ratio", 0.95),
+     r"config.mask_ratio=0.95 keeps no patch of the 16 of a 32px image \(patch size 8\).*at "
+     r"most 0.9375"),
+    (lambda c: setattr(c.evals.zeroshot, "mask_ratio", 0.95),
+     r"config.evals.zeroshot.mask_ratio=0.95 keeps no patch"),
     (lambda c: setattr(c.evals, "zeroshot", dict(c.evals.zeroshot.to_dict(), templates="clip81")),
      r"template set 'clip81'"),
     (lambda c: setattr(c.evals.zeroshot, "templates", ("no slot",)), r"exactly one"),
@@ -116,6 +122,13 @@ def test_saved_values_of_the_wrong_type_or_shape_are_named():
   saved["optim"] = 3
   with pytest.raises(errors.ConfigError, match=r"config.optim is a section"):
     config_lib.resolve(saved)
+
+
+def test_the_largest_mask_ratio_keeping_one_patch_is_accepted():
+  c = demo.get_config()
+  c.mask_ratio = 0.9375  # keeps exactly 1 of 16 patches
+  c.evals.zeroshot.mask_ratio = 0.9375
+  assert config_lib.resolve(c).mask_ratio == 0.9375
 
 
 def test_resolve_fills_defaults_and_locks():

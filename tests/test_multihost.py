@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -42,12 +43,18 @@ def process_env(devices: int, **extra: str) -> dict[str, str]:
   return env
 
 
-def run_processes(commands, log_dir, timeout=240):
-  """Runs [(argv, env)] at once; all must succeed. Kills the rest as soon as one fails or on
-  timeout (a lone survivor would wait for its peers in a collective). Returns (pids, logs)."""
+def run_processes(commands, log_dir, timeout=240, expect=0, during=None):
+  """Runs [(argv, env)] at once; all must exit with `expect`. Kills the rest as soon as one
+  fails or on timeout (a lone survivor would wait for its peers in a collective).
+  `during(procs, log_paths)` is called every 0.2 s while they run (e.g. to send a signal).
+  Returns (pids, logs)."""
   os.makedirs(log_dir, exist_ok=True)
   paths = [os.path.join(log_dir, f"process_{i}.log") for i in range(len(commands))]
   procs = []
+
+  def failed_early():
+    return any(p.poll() not in (None, expect) for p in procs)
+
   try:
     for (argv, env), path in zip(commands, paths):
       with open(path, "w") as log:
@@ -55,7 +62,9 @@ def run_processes(commands, log_dir, timeout=240):
                                       stderr=subprocess.STDOUT))
     deadline = time.time() + timeout
     while (any(p.poll() is None for p in procs) and time.time() < deadline and
-           not any(p.poll() for p in procs)):
+           not failed_early()):
+      if during is not None:
+        during(procs, paths)
       time.sleep(0.2)
   finally:
     for p in procs:
@@ -66,7 +75,7 @@ def run_processes(commands, log_dir, timeout=240):
   for path in paths:
     with open(path) as f:
       logs.append(f.read())
-  failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+  failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != expect]
   assert not failed, "process(es) (index, exit code) %s failed or timed out:\n%s" % (
       failed, "\n".join(f"--- process {i}:\n{logs[i][-3000:]}" for i, _ in failed))
   return [p.pid for p in procs], logs
@@ -155,44 +164,69 @@ def events_pids(workdir) -> list[int]:
                              os.path.basename(n)).group(2)) for n in names)
 
 
-@pytest.mark.slow
-def test_flip_main_runs_and_resumes_as_two_processes(shapes_data_dir, tmp_path):
-  """`python -m flip.main` as 2 processes (flags --coordinator_address/--num_processes/
-  --process_id): trains, evaluates, checkpoints, and a rerun resumes from the checkpoint."""
-  workdir = tmp_path / "run"
+def sigterm_when(text, process):
+  """A `during` hook for run_processes: SIGTERM to one process once its log shows `text`."""
+  sent = []
 
-  def main(total_steps, logs):
+  def during(procs, paths):
+    if not sent:
+      with open(paths[process]) as f:
+        if text in f.read():
+          procs[process].send_signal(signal.SIGTERM)
+          sent.append(time.time())
+
+  return during
+
+
+@pytest.mark.slow
+def test_flip_main_runs_stops_on_sigterm_and_resumes_as_two_processes(shapes_data_dir,
+                                                                     tmp_path):
+  """`python -m flip.main` as 2 processes (flags --coordinator_address/--num_processes/
+  --process_id) trains, evaluates and checkpoints. A SIGTERM to one of them (a preemption
+  notice) stops both after the same step, with a checkpoint and exit status 143; the rerun
+  resumes from it and ends with the parameters of an uninterrupted run, bit for bit."""
+
+  def main(workdir, logs, **kwargs):
     port = free_port()
     argv = [sys.executable, "-m", "flip.main", "--config=configs/demo.py:local",
             f"--workdir={workdir}", f"--config.input.data_dir={shapes_data_dir}",
-            f"--config.total_steps={total_steps}", "--config.checkpoint_every_steps=2",
-            "--config.evals.linear_probe.max_train_examples=500",
+            "--config.total_steps=6", "--config.checkpoint_every_steps=3",
+            "--config.log_every_steps=1", "--config.evals.linear_probe.max_train_examples=500",
             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
     start = time.time()
-    pids, out = run_processes([(argv + [f"--process_id={i}"], process_env(1)) for i in range(2)],
-                              tmp_path / logs)
-    print(f"flip.main to step {total_steps} as 2 processes: {time.time() - start:.1f}s")
-    for i, log in enumerate(out):
+    out = run_processes([(argv + [f"--process_id={i}"], process_env(1)) for i in range(2)],
+                        tmp_path / logs, **kwargs)
+    print(f"flip.main as 2 processes ({logs}): {time.time() - start:.1f}s")
+    for i, log in enumerate(out[1]):
       assert f"Process {i} of 2: 1 local cpu device(s) of 2 in all" in log
-      assert f"step {total_steps}/{total_steps}" in log
-    return pids, out
+    return out
 
-  pids, _ = main(4, "logs_first")
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-  assert os.listdir(workdir).count("config.json") == 1
-  assert checkpoint.read_config(str(workdir)).total_steps == 4
-  assert events_pids(workdir) == [pids[0]]  # TensorBoard events: process 0's only
-  saved = json.loads((workdir / "checkpoints" / "4" / "data" / "metadata").read_text())
-  assert [row[0] for row in saved["processes"]] == [4 * 16, 4 * 16]  # each its half of 32 a step
+  straight, workdir = tmp_path / "straight", tmp_path / "run"
+  pids, logs = main(straight, "logs_straight")
+  assert all("step 6/6" in log for log in logs)
+  assert sorted(os.listdir(straight / "checkpoints")) == ["3", "6"]
+  assert os.listdir(straight).count("config.json") == 1
+  assert checkpoint.read_config(str(straight)).total_steps == 6
+  assert events_pids(straight) == [pids[0]]  # TensorBoard events: process 0's only
+  saved = json.loads((straight / "checkpoints" / "6" / "data" / "metadata").read_text())
+  assert [row[0] for row in saved["processes"]] == [6 * 16, 6 * 16]  # each its half of 32 a step
 
-  pids_again, logs = main(6, "logs_resumed")
+  _, logs = main(workdir, "logs_stopped", expect=143, during=sigterm_when("step 1/6", 1))
+  stopped = [re.search(r"Stopped by SIGTERM after step (\d+) of 6", log) for log in logs]
+  assert all(stopped), [log[-2000:] for log in logs]
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step and 1 < step < 6  # the same step in both
+  assert str(step) in os.listdir(workdir / "checkpoints")
+  saved = json.loads((workdir / "checkpoints" / str(step) / "data" / "metadata").read_text())
+  assert [row[0] for row in saved["processes"]] == [step * 16, step * 16]
+
+  _, logs = main(workdir, "logs_resumed")
   for log in logs:
-    assert "Resumed from step 4 of 6" in log
-  saved = json.loads((workdir / "checkpoints" / "6" / "data" / "metadata").read_text())
-  assert [row[0] for row in saved["processes"]] == [6 * 16, 6 * 16]  # went on from step 4's place
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
-  assert events_pids(workdir) == sorted([pids[0], pids_again[0]])
-  assert checkpoint.read_config(str(workdir)).total_steps == 6
+    assert f"Resumed from step {step} of 6" in log and "step 6/6" in log
+  config = checkpoint.read_config(str(straight))
+  want, got = restore_params(str(straight), config), restore_params(str(workdir), config)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 # flip.distributed's settings, without starting anything (jax.distributed.initialize recorded).

@@ -231,8 +231,8 @@ def test_drop_and_count_keeps_usable_records_with_the_skips_before_them(caplog):
   assert out["image"].ravel().tolist() == [1, 4, 6] and strings(out["text"]) == ["t1", "t4", "t6"]
   assert out["_position"].tolist() == [[0, 0, 0, 1], [0, 0, 0, 4], [0, 0, 1, 6]]
   assert set(out) == {"image", "text", "_position", "_key", "_skipped"}
-  # One unusable record since the last usable one; one record since the epoch's end (chunk 1's).
-  assert state == [1, 1]
+  # One unusable record since the last usable one; no usable one since the epoch's end (chunk 1's).
+  assert state == [1, 0]
   assert log.counts == {"no image": 1, "missing or empty caption": 1,
                         "corrupt or truncated image": 1, "caption is not valid UTF-8": 1}
   lines = [r.getMessage() for r in caplog.records if "Skipped record" in r.getMessage()]
@@ -257,7 +257,7 @@ def test_drop_and_count_carries_its_state_across_micro_batches():
     state, out = count(state, mb, skip_log=log)
     states.append(state)
     skipped.append(out["_skipped"].tolist())
-  assert states == [[2, 3], [0, 5], [1, 1], [3, 3], [0, 4]]
+  assert states == [[2, 1], [0, 2], [1, 0], [3, 0], [0, 1]]
   assert skipped == [[0], [3], [0], [], [3]]  # no record of the 4th batch is kept
   assert log.counts == {"no image": 6}
   # The same in a tf.data scan, as example_stream uses it.
@@ -274,30 +274,34 @@ def test_drop_and_count_carries_its_state_across_micro_batches():
 def test_drop_and_count_stops_after_too_many_unusable_records_in_a_row():
   bad3 = decoded([("no image", 0)] * 3)
   state, _ = count([0, 0], bad3, max_in_a_row=4)
-  assert state == [3, 3]
+  assert state == [3, 0]
   # A usable record resets the count; markers neither count nor reset it.
   state, _ = count(state, decoded([("", 0), ("no image", 0), (END, 0, -1)]), max_in_a_row=4)
-  assert state == [1, 5]
+  assert state == [1, 1]
   with pytest.raises(tf.errors.InvalidArgumentError,
                      match=f"4 records in a row of data source {SOURCE} were unusable"):
     count(state, bad3, max_in_a_row=4)
   # The default limit, MAX_SKIPPED_IN_A_ROW, and the default log, SKIP_LOG.
   limit = pipeline.MAX_SKIPPED_IN_A_ROW
   before = pipeline.SKIP_LOG.counts.get("no image", 0)
-  assert count([limit - 2, 0], decoded([("no image", 0)]), skip_log=None)[0] == [limit - 1, 1]
+  assert count([limit - 2, 0], decoded([("no image", 0)]), skip_log=None)[0] == [limit - 1, 0]
   assert pipeline.SKIP_LOG.counts["no image"] == before + 1
   with pytest.raises(tf.errors.InvalidArgumentError, match=f"{limit} records in a row"):
     count([limit - 1, 0], decoded([("no image", 0)]))
 
 
-def test_drop_and_count_stops_on_an_epoch_without_records():
-  message = f"A whole epoch of data source {SOURCE} \\(2 file\\(s\\) in this process\\) held no"
+def test_drop_and_count_stops_on_an_epoch_without_usable_records():
+  message = (f"A whole epoch of data source {SOURCE} \\(2 file\\(s\\) in this process\\) held no "
+             "usable record")
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     count([0, 0], decoded([(END, 1, -1)]))
   # The end of a chunk that is not the epoch's last ends no epoch.
   assert count([0, 0], decoded([(END, 0, -1)]))[0] == [0, 0]
-  # Unusable records count for the epoch; a resumed epoch starts at 1 (records before it).
-  assert count([0, 0], decoded([("no image", 1), (END, 1, -1)]))[0] == [1, 0]
+  # Unusable records do not count for the epoch (a source of broken files stops after one
+  # epoch); a usable one does; a resumed epoch starts at 1 (usable records before it).
+  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    count([0, 0], decoded([("no image", 1), (END, 1, -1)]))
+  assert count([0, 0], decoded([("", 1), (END, 1, -1)]))[0] == [0, 0]
   assert count([0, 1], decoded([(END, 1, -1)]))[0] == [0, 0]
   # The second of two epochs ending in one micro-batch held nothing.
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):

@@ -1,11 +1,14 @@
 """Input sources and the pipeline: formats, robustness to broken records, exact resumption."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 import shard_fixtures as fx
 from flip import config_lib
+from flip import errors
 from flip import sharding
 from flip.data import pipeline
 from flip.data import sources
@@ -155,6 +158,49 @@ def test_csv_source_reads_relative_paths_and_skips_missing_files(tmp_path):
     assert all((comma in t) == (suffix == ".csv") for t in texts)
 
 
+def csv_records(path, options=""):
+  (source,) = sources.parse(f"csv:{path}{options}")
+  return [r for unit in sources.units(source, 1)
+          for r in sources.read_csv(unit, source.image_key, source.text_key)]
+
+
+def test_csv_header_names_the_columns_as_open_clip_does(tmp_path):
+  # open_clip: --csv-img-key filepath --csv-caption-key title, tab-separated, any column order.
+  tsv = tmp_path / "train.tsv"
+  tsv.write_text("title\tfilepath\tlicense\n"
+                 "a red cube\timages/0.jpg\tcc-by\n"
+                 "\n"
+                 '"a ""quoted"" blue ball"\t/abs/1.jpg\tcc0\n'
+                 "only one column\n")
+  got = csv_records(tsv, "?image_key=filepath&text_key=title")
+  assert [(r["image"], r["text"], r["problem"]) for r in got] == [
+      (str(tmp_path / "images/0.jpg").encode(), b"a red cube", b""),
+      (b"/abs/1.jpg", b'a "quoted" blue ball', b""),
+      (b"", b"", b"row has 1 column(s), fewer than the header's 3")]
+  assert [r["key"] for r in got] == [f"{tsv}:{n}".encode() for n in (2, 4, 5)]
+  # Without the options, the header's known names are found (image column, caption column).
+  assert [r["text"] for r in csv_records(tsv)][:2] == [b"a red cube", b'a "quoted" blue ball']
+  csv_file = tmp_path / "pairs.csv"
+  csv_file.write_text('caption,url\n"one, two",http://x/1.png\n')
+  assert [(r["image"], r["text"]) for r in csv_records(csv_file)] == [
+      (b"http://x/1.png", b"one, two")]
+
+
+def test_csv_without_header_splits_at_the_first_delimiter(tmp_path):
+  tsv = tmp_path / "pairs.tsv"
+  tsv.write_text("images/0.jpg\ta caption\twith a tab\nimages/1.jpg\t\"quoted\"\n")
+  got = csv_records(tsv)
+  assert [(r["image"], r["text"]) for r in got] == [
+      (str(tmp_path / "images/0.jpg").encode(), b"a caption\twith a tab"),
+      (str(tmp_path / "images/1.jpg").encode(), b"quoted")]
+  # Keys given for a file without those columns: one clear error when the source is listed.
+  with pytest.raises(errors.DataError, match=r"must name the columns image_key='filepath' and "
+                     r"text_key='title' \(missing: \['filepath', 'title'\]\)"):
+    csv_records(tsv, "?image_key=filepath&text_key=title")
+  with pytest.raises(errors.DataError, match="Set both"):
+    csv_records(tsv, "?image_key=filepath")
+
+
 def test_tfds_source_picks_one_caption_and_shares_by_process(shapes_data_dir):
   config = input_config("tfds:flip_shapes", batch=8, data_dir=shapes_data_dir)
   (batch,) = take(config, 1)
@@ -284,8 +330,39 @@ def test_source_without_records_stops_with_a_message(tmp_path):
     with tarfile.open(tmp_path / f"{i:05d}.tar", "w"):
       pass  # an empty tar: no records at all
   config = input_config(f"wds:{tmp_path}", batch=2)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="held no records"):
+  with pytest.raises(tf.errors.InvalidArgumentError, match="held no usable record"):
     take(config, 1)
+  # In the training loop: one errors.DataError, its message the check's, without TF's wrapping.
+  with pytest.raises(errors.DataError) as e:
+    next(pipeline.reporting_errors(pipeline.numpy_iterator(
+        pipeline.train_dataset(config, TOKENIZER)), config))
+  assert str(e.value).startswith(
+      f"The input pipeline of data source(s) wds:{tmp_path} failed: A whole epoch of data "
+      f"source wds:{tmp_path} (2 file(s) in this process) held no usable record (see the "
+      "'Skipped record' log lines)"), str(e.value)
+  assert str(e.value).endswith("check config.input.data.") and "{{" not in str(e.value)
+  # Before training: check_sources reads the first records and finds none.
+  with pytest.raises(errors.DataError, match="none of the first 0 records of its 2 file"):
+    pipeline.check_sources(config)
+
+
+@pytest.mark.parametrize("fmt", ["wds", "tfrecord"])
+def test_files_of_another_format_fail_before_training(tmp_path, fmt):
+  """A `wds:` source that is no tar, a `tfrecord:` source that is a tar: one error at once."""
+  if fmt == "wds":
+    path = tmp_path / "00000.tar"
+    path.write_bytes(b"<html>this is not a tar</html>" * 100)
+  else:
+    fx.write_shards(str(tmp_path / "tars"), num_shards=1, per_shard=3, broken=False)
+    path = tmp_path / "00000.tfrecord"
+    os.rename(tmp_path / "tars" / "00000.tar", path)
+  config = input_config(f"{fmt}:{path}", batch=2)
+  with pytest.raises(errors.DataError) as e:
+    pipeline.check_sources(config)
+  message = str(e.value)
+  assert message.startswith(f"Data source {fmt}:{path}: none of the first 1 records of its 1 "
+                            "file(s) is usable (1 x unreadable shard"), message
+  assert "Check config.input.data" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("size", [0, 1, 2])

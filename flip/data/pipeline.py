@@ -22,6 +22,7 @@ import functools
 import itertools
 import math
 import os
+import re
 from typing import Any, Iterator
 
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from flip import errors
 from flip import sharding
 from flip.data import sources as sources_lib
 from flip.data import tokenizer as tokenizer_lib
@@ -336,11 +338,11 @@ def drop_and_count(state: tf.Tensor, mb: dict[str, tf.Tensor], *, source_name: s
   """The scan step over decoded micro-batches: drops unusable records, logs them (`skip_log`,
   SKIP_LOG by default), and gives each usable one the number dropped just before it.
 
-  state: int64 [2], (unusable records since the last usable one, records since the last epoch's
-  end); an epoch ends with the CHUNK_END marker (index -1) of its chunk `last_chunk`, markers are
-  never counted. Returns (the next state, {image, text, _position, _key, _skipped} of the usable
-  records). Fails (when run) once `max_in_a_row` records in a row were unusable, or when a whole
-  epoch (of `num_units` files) held no records.
+  state: int64 [2], (unusable records since the last usable one, usable records since the last
+  epoch's end); an epoch ends with the CHUNK_END marker (index -1) of its chunk `last_chunk`,
+  markers are never counted. Returns (the next state, {image, text, _position, _key, _skipped} of
+  the usable records). Fails (when run) once `max_in_a_row` records in a row were unusable, or
+  when a whole epoch (of `num_units` files) held no usable record.
   """
   in_a_row, in_epoch = tf.unstack(state)
   position = mb["_position"]
@@ -351,8 +353,8 @@ def drop_and_count(state: tf.Tensor, mb: dict[str, tf.Tensor], *, source_name: s
   at_usable = tf.gather(bad_so_far, tf.where(usable)[:, 0])
   skipped = at_usable - tf.concat([[-in_a_row], at_usable[:-1]], axis=0)
   next_in_a_row = bad_so_far[-1] - _last_or(at_usable, -in_a_row)
-  # Records per epoch, between the markers ending an epoch's last chunk.
-  records_so_far = tf.cumsum(tf.cast(tf.logical_not(marker), tf.int64))
+  # Usable records per epoch, between the markers ending an epoch's last chunk.
+  records_so_far = tf.cumsum(tf.cast(usable, tf.int64))
   at_end = tf.gather(records_so_far, tf.where(
       tf.logical_and(marker, tf.equal(position[:, 2], last_chunk)))[:, 0])
   per_epoch = at_end - tf.concat([[-in_epoch], at_end[:-1]], axis=0)
@@ -373,8 +375,9 @@ def drop_and_count(state: tf.Tensor, mb: dict[str, tf.Tensor], *, source_name: s
       tf.debugging.assert_positive(
           tf.concat([per_epoch, [1]], axis=0),
           message=f"A whole epoch of data source {source_name} ({num_units} file(s) in this "
-                  "process) held no records: the files are empty or not in the source's "
-                  "format; check config.input.data."),
+                  "process) held no usable record (see the 'Skipped record' log lines): the "
+                  "files are empty, broken or not in the source's format; check "
+                  "config.input.data."),
   ]
   with tf.control_dependencies([logged] + checks):
     out = {k: tf.gather(mb[k], tf.where(usable)[:, 0])
@@ -394,7 +397,7 @@ def example_stream(source: sources_lib.Source, source_index: int, units: list[st
   decode = functools.partial(decode_guarded, options=DecodeOptions.of(config, source))
   count = functools.partial(drop_and_count, source_name=source.name, num_units=len(units),
                             last_chunk=num_chunks(len(units), config.input.cycle_length) - 1)
-  # Resumed inside an epoch: the records before the start position count for it.
+  # Resumed inside an epoch: the (usable) records before the start position count for it.
   in_epoch = 0 if tuple(start[1:]) == (0, 0) else 1
   ds = record_stream(source, source_index, units, config, start).batch(MICRO_BATCH)
   # One micro-batch per inner dataset: the output keeps the input order for any cycle_length.
@@ -489,6 +492,72 @@ def parse_sources(config: ml_collections.ConfigDict) -> list[sources_lib.Source]
                            image_key=inp.image_key, text_key=inp.text_key)
 
 
+def source_units(source: sources_lib.Source) -> list[str]:
+  """This process's share of a source's units (files, or pieces of TFDS and CSV files)."""
+  pieces = max(sources_lib.MIN_UNITS if source.format == "csv" else 1, jax.process_count())
+  return sources_lib.process_units(sources_lib.units(source, pieces), source)
+
+
+CHECK_RECORDS = 4 * MICRO_BATCH  # records check_sources reads at most per source
+
+
+def check_sources(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before a model is built: lists every source's files (this process's share) and
+  decodes its records in file order until one is usable. errors.NotFoundError or
+  errors.DataError, naming the source and what its records were, when none of the first
+  CHECK_RECORDS is usable (or the files cannot be read at all)."""
+  for source in parse_sources(config):
+    units = source_units(source)
+    options = DecodeOptions.of(config, source)
+    ds = tf.data.Dataset.from_tensor_slices(units[:CHECK_RECORDS]).flat_map(
+        lambda u, s=source: sources_lib.records(s, u).map(lambda r: dict(r, unit=u)))
+    ds = ds.take(CHECK_RECORDS).enumerate().map(
+        lambda i, r: (tf.stack([tf.constant(0, tf.int64), 0, 0, i]), r)).batch(MICRO_BATCH)
+    ds = ds.flat_map(functools.partial(decode_guarded, options=options))
+    problems: collections.Counter = collections.Counter()
+    try:
+      for mb in ds.as_numpy_iterator():
+        if (mb["problem"] == b"").any():
+          break
+        problems.update(p.decode(errors="replace") for p in mb["problem"])
+      else:
+        found = "; ".join(f"{n} x {p}" for p, n in problems.most_common(3)) or "no records"
+        raise errors.DataError(
+            f"Data source {source.name}: none of the first {sum(problems.values())} records "
+            f"of its {len(units)} file(s) is usable ({found}). Check config.input.data: the "
+            "files' format, keys (image_key/text_key) and contents.")
+    except tf.errors.OpError as e:
+      raise errors.DataError(f"Data source {source.name} cannot be read: "
+                             f"{_first_line(e)}. Check config.input.data.") from e
+    logging.info("Data source %s: %d file(s) in this process; its first records decode.",
+                 source.name, len(units))
+
+
+def _first_line(e: tf.errors.OpError) -> str:
+  """The gist of a TensorFlow error: the message of a failed check of drop_and_count, or else
+  the error's type and first line (without TF's `{{function_node ...}}` prefix)."""
+  text = (getattr(e, "message", "") or str(e)).strip()
+  match = re.search(r"assertion failed: \[(.*?)\.*\s*\](?: \[|$)", text, re.S)
+  if match:
+    return match.group(1).replace("\\'", "'").strip() + "."
+  line = re.sub(r"^\{\{[^}]*\}\}\s*", "", text.splitlines()[0] if text else "")
+  return f"{type(e).__name__}: {line}"
+
+
+def reporting_errors(batches: Iterator[dict[str, np.ndarray]],
+                     config: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
+  """`batches`, with a failure inside the input pipeline (a tf.errors.OpError: the checks of
+  drop_and_count, a file that became unreadable) raised as one errors.DataError naming the
+  sources; the full error is logged."""
+  try:
+    yield from batches
+  except tf.errors.OpError as e:
+    names = ", ".join(s.name for s in parse_sources(config))
+    logging.error("The input pipeline failed: %s", e)
+    raise errors.DataError(f"The input pipeline of data source(s) {names} failed: "
+                           f"{_first_line(e)}") from e
+
+
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
                   state: InputState | None = None) -> tf.data.Dataset:
   """This process's training batches from `state` on.
@@ -502,8 +571,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.To
   state = state or InputState.start(len(sources))
   streams = []
   for i, source in enumerate(sources):
-    pieces = max(sources_lib.MIN_UNITS if source.format == "csv" else 1, jax.process_count())
-    units = sources_lib.process_units(sources_lib.units(source, pieces), source)
+    units = source_units(source)
     streams.append(example_stream(source, i, units, config, tuple(state.positions[i])))
   if len(streams) == 1:
     ds = streams[0]
@@ -523,6 +591,18 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.To
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   return ds.as_numpy_iterator()
+
+
+_KEPT_ALIVE: list = []
+
+
+def keep_alive(iterator) -> None:
+  """Keeps a tf.data iterator that a failed or interrupted run leaves mid-stream from being
+  destroyed: destroying it waits for its reader threads, and one that is about to run a Python
+  reader (from_generator) waits for the interpreter lock that the destroying thread holds, so the
+  process would hang (as it did at the exit after an input error). The entry points then end
+  with os._exit (flip/cli.py); a library caller keeps the idle iterator until it exits."""
+  _KEPT_ALIVE.append(iterator)
 
 
 def device_fields(batch: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,11 @@ optionally followed by `?option=value&option=value`:
   tfrecord:gs://bucket/laion/*.tfrecord          img2dataset TFRecords (features `jpg`, `txt`)
   tfds:coco_captions?text_key=captions/text      a TFDS data set with an image and caption(s)
   csv:/data/pairs.tsv                            rows `image_path<TAB>caption` (or ',' in .csv)
+  csv:/data/cc3m.csv?image_key=filepath&text_key=title    open_clip's CSV: named columns
   wds:/data/laion/*.tar?weight=0.8; tfds:coco_captions?weight=0.2&text_key=captions/text
 
 Options: `weight` (mixing weight, default 1), `split` and `data_dir` (TFDS), `image_key` and
-`text_key` (the feature or file extension to read; defaults per format below).
+`text_key` (the feature, file extension or CSV column to read; defaults per format below).
 
 Each source is cut into *units* (files, or for TFDS and CSV even pieces of them) that processes
 divide among themselves: process i reads units i, i+P, i+2P, ... A unit is read by
@@ -21,6 +22,8 @@ in flip.data.pipeline.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import os
 import tarfile
 from typing import Iterator
@@ -100,9 +103,10 @@ def units(source: Source, num_pieces: int = MIN_UNITS) -> list[str]:
   if source.format == "tfrecord":
     return list_files(source.location, (".tfrecord", ".tfrec", ".tfrecords"))
   if source.format == "csv":
-    return [f"{path}#{i}/{num_pieces}"
-            for path in list_files(source.location, (".csv", ".tsv", ".txt"))
-            for i in range(num_pieces)]
+    paths = list_files(source.location, (".csv", ".tsv", ".txt"))
+    for path in paths:
+      csv_layout(path, source)  # a header that does not fit the options fails here
+    return [f"{path}#{i}/{num_pieces}" for path in paths for i in range(num_pieces)]
   b = builder(source.location, source.data_dir)
   missing = [k for k in (source.image_key, source.text_key) if feature(b.info.features, k) is None]
   if missing:
@@ -221,45 +225,100 @@ def _generator_records(fn, unit: tf.Tensor, *args) -> tf.data.Dataset:
       lambda u: fn(u.decode(), *args), args=(unit,), output_signature=RECORD_SIGNATURE)
 
 
-def _csv_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
-  """Rows `image_path<delim>caption` of one piece (every n-th line) of a CSV/TSV file.
+CSV_IMAGE_COLUMNS = ("filepath", "file_path", "image_path", "imagepath", "image", "path",
+                     "file_name", "filename", "file", "url", "image_url")
+CSV_TEXT_COLUMNS = ("title", "caption", "captions", "text", "txt", "description")
 
-  The delimiter is ',' for .csv files and a tab otherwise; a row is split at its first delimiter
-  (paths rarely hold one, captions often do) and a caption in double quotes is unquoted. A first
-  row naming the columns (image_path, filepath, ...) is skipped; relative paths are relative to
-  the file's directory.
+
+@dataclasses.dataclass(frozen=True)
+class CsvLayout:
+  """How a CSV/TSV file's rows are read: its delimiter, and with a header row naming the
+  columns, the image and caption columns' indices (None: no header, split at the first
+  delimiter)."""
+  delimiter: str
+  image_column: int | None = None
+  text_column: int | None = None
+  names: tuple[str, ...] = ()
+
+
+def csv_layout(path: str, source: Source) -> CsvLayout:
+  """The layout of one CSV/TSV file of `source`, from its first row.
+
+  With image_key/text_key set (open_clip's --csv-img-key/--csv-caption-key, e.g.
+  `?image_key=filepath&text_key=title`), the first row must name those columns. Without them, a
+  header row's image column is the first known image column name (filepath, image_path, url,
+  ...), its caption column the first known caption name
+  (title, caption, text, ...) or else the second column. A first row is a header when it names
+  a known image column and a known caption column, or starts with a known image column name.
+  Without a header, a row is split at its first delimiter (paths rarely hold one, captions often
+  do).
   """
-  del source
-  parts = tf.strings.split(unit, "#")
-  path = tf.strings.reduce_join(parts[:-1], separator="#")
-  piece = tf.strings.split(parts[-1], "/")
-  i, n = tf.strings.to_number(piece[0], tf.int64), tf.strings.to_number(piece[1], tf.int64)
-  directory = tf.strings.regex_replace(path, r"[^/]*$", "")
-  delim = tf.where(tf.strings.regex_full_match(path, r".*\.csv"), ",", "\t")
-  header = r"(?i)(image_?path|file_?path|file_?name|path|image|file|url)"
+  delimiter = "," if path.lower().endswith(".csv") else "\t"
+  with tf.io.gfile.GFile(path, "r") as f:
+    first = f.readline()
+  header = next(csv.reader([first.rstrip("\r\n")], delimiter=delimiter), [])
+  names = [h.strip().lower() for h in header]
+  keys = (source.image_key, source.text_key)
+  if any(keys):
+    missing = [k for k in keys if k and k.lower() not in names]
+    if missing or not all(keys):
+      raise errors.DataError(
+          f"CSV file {path} of data source {source.name}: its first row {header} must name the "
+          f"columns image_key={source.image_key!r} and text_key={source.text_key!r}"
+          f"{' (missing: ' + str(missing) + ')' if missing else ''}. Set both to the header's "
+          "column names, or leave both out for files without a header.")
+    return CsvLayout(delimiter, names.index(source.image_key.lower()),
+                     names.index(source.text_key.lower()), tuple(names))
+  image = next((i for i, n in enumerate(names) if n in CSV_IMAGE_COLUMNS), None)
+  text = next((i for i, n in enumerate(names) if n in CSV_TEXT_COLUMNS), None)
+  if image is None or (text is None and image != 0):
+    return CsvLayout(delimiter)  # no header
+  if text is None:
+    if len(names) < 2:
+      raise errors.DataError(f"CSV file {path} of data source {source.name} has a header "
+                             f"{header} with no caption column: add one (e.g. 'caption').")
+    text = 1 if image != 1 else 0
+  return CsvLayout(delimiter, image, text, tuple(names))
 
-  def fields(line):
-    parts = tf.strings.split(tf.strings.regex_replace(line, r"\r$", ""), delim, maxsplit=1)
-    text = tf.cond(tf.size(parts) > 1, lambda: parts[-1], lambda: tf.constant(""))
-    return tf.strings.strip(parts[0]), text
 
-  def keep(j, line):
-    is_header = tf.logical_and(tf.equal(j, 0),
-                               tf.strings.regex_full_match(fields(line)[0], header))
-    return tf.logical_and(tf.logical_and(tf.equal(j % n, i), tf.logical_not(is_header)),
-                          tf.strings.length(tf.strings.strip(line)) > 0)
+def read_csv(unit: str, image_key: str, text_key: str) -> Iterator[dict]:
+  """Rows of one piece (`path#i/n`: every n-th row from row i) of a CSV/TSV file as records
+  {key (path:line), image (the image's path; relative ones are relative to the file's
+  directory), text}; see csv_layout for the columns."""
+  path, _, piece = unit.rpartition("#")
+  i, n = (int(v) for v in piece.split("/"))
+  layout = csv_layout(path, Source("csv", path, image_key=image_key, text_key=text_key))
+  directory = os.path.dirname(path)
 
-  def parse_line(j, line):
-    image_path, text = fields(line)
-    quoted = tf.strings.regex_full_match(text, r'^".*"$')
-    text = tf.where(quoted, tf.strings.regex_replace(
-        tf.strings.substr(text, 1, tf.strings.length(text) - 2), '""', '"'), text)
-    absolute = tf.strings.regex_full_match(image_path, r"^(/|[a-z0-9]+://).*")
-    full = tf.where(absolute, image_path, directory + image_path)
-    key = path + ":" + tf.strings.as_string(j + 1)
-    return _record(key, full, text, tf.constant(""))
+  def full(image_path: str) -> str:
+    if not image_path or image_path.startswith("/") or "://" in image_path:
+      return image_path
+    return os.path.join(directory, image_path)
 
-  return tf.data.TextLineDataset(path).enumerate().filter(keep).map(parse_line)
+  with tf.io.gfile.GFile(path, "r") as f:
+    if layout.image_column is None:
+      for j, line in enumerate(f):
+        line = line.rstrip("\r\n")
+        if j % n != i or not line.strip():
+          continue
+        image_path, _, text = line.partition(layout.delimiter)
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+          text = text[1:-1].replace('""', '"')
+        yield _record(f"{path}:{j + 1}".encode(), full(image_path.strip()).encode(),
+                      text.encode())
+      return
+    rows = csv.reader(f, delimiter=layout.delimiter)
+    next(rows, None)  # the header
+    for j, row in enumerate(rows, start=1):
+      if j % n != i or not any(field.strip() for field in row):
+        continue
+      key = f"{path}:{rows.line_num}".encode()
+      if len(row) <= max(layout.image_column, layout.text_column):
+        yield _record(key, problem=f"row has {len(row)} column(s), fewer than the header's "
+                      f"{len(layout.names)}".encode())
+        continue
+      yield _record(key, full(row[layout.image_column].strip()).encode(),
+                    row[layout.text_column].encode())
 
 
 def _tfds_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
@@ -292,5 +351,5 @@ def records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
   if source.format == "tfrecord":
     return _generator_records(read_tfrecord, unit, source.image_key, source.text_key)
   if source.format == "csv":
-    return _csv_records(source, unit)
+    return _generator_records(read_csv, unit, source.image_key, source.text_key)
   return _tfds_records(source, unit)
