@@ -39,6 +39,7 @@ class StopSignal:
     self.signum: int | None = None  # the first signal received by this process
     self._previous: dict[int, object] = {}
     self._multi = False
+    self._no_sync = False  # several processes, but JAX's preemption service is off
 
   def __enter__(self) -> "StopSignal":
     if threading.current_thread() is not threading.main_thread():
@@ -72,7 +73,16 @@ class StopSignal:
     """Whether to stop after `step`: the same answer in every process (call it every step)."""
     if not self._multi:
       return self.signum is not None
-    if not multihost_utils.reached_preemption_sync_point(step):
+    if self._no_sync:
+      return False
+    try:
+      reached = multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError as e:  # jax_enable_preemption_service turned off
+      logging.warning("No preemption support in this multi-process run (%s): a SIGTERM ends "
+                      "it without a checkpoint.", e)
+      self._no_sync = True
+      return False
+    if not reached:
       return False
     if self.signum is None:
       self.signum = signal.SIGTERM  # the notice reached this process through the service

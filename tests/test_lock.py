@@ -122,3 +122,19 @@ def test_an_unwritable_workdir_is_one_clear_error(tmp_path):
   with pytest.raises(errors.NotWritableError, match="--workdir"):
     with lock.WorkdirLock(str(blocker / "run")):
       pass
+
+
+def test_a_second_run_refuses_before_touching_the_workdir(shapes_data_dir, tmp_path, live_pid):
+  """The first run's in-flight checkpoint (orbax's temporary directory) survives the second
+  run's start; nothing is written."""
+  from flip import train
+  from test_train import local_config
+  workdir = tmp_path / "run"
+  in_flight = workdir / "checkpoints" / "500.orbax-checkpoint-tmp-1764700000"
+  in_flight.mkdir(parents=True)
+  (in_flight / "part").write_text("being written by the first run")
+  write_lock(workdir, pid=live_pid)
+  before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))
+  with pytest.raises(errors.WorkdirLockedError, match=f"pid {live_pid}"):
+    train.train_and_evaluate(local_config(shapes_data_dir, evals={}), str(workdir))
+  assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before

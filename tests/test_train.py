@@ -125,12 +125,16 @@ def test_trains_from_every_source_format(shapes_data_dir, tmp_path):
 def test_nan_guard_stops_with_a_clear_message(shapes_data_dir, tmp_path):
   config = local_config(shapes_data_dir, evals={}, checkpoint_every_steps=2, log_every_steps=1,
                         **{"optim.base_lr": 1e12, "optim.warmup_steps": 1})
-  with pytest.raises(errors.DivergedError, match="diverged.*base_lr"):
+  with pytest.raises(errors.DivergedError, match="diverged.*base_lr") as e:
     train.train_and_evaluate(config, str(tmp_path))
   steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
   if steps:  # whatever was saved was saved before the loss went bad
     params, _ = final_params(str(tmp_path), config)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    # The step it names is complete on disk (a save in flight finished before the message).
+    assert f"the last good checkpoint (step {max(steps)}) is kept" in str(e.value)
+  else:
+    assert "no checkpoint was saved" in str(e.value)
 
 
 @pytest.mark.parametrize("overrides,error,message", [

@@ -505,32 +505,48 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before a model is built: lists every source's files (this process's share) and
   decodes its records in file order until one is usable. errors.NotFoundError or
   errors.DataError, naming the source and what its records were, when none of the first
-  CHECK_RECORDS is usable (or the files cannot be read at all)."""
-  for source in parse_sources(config):
-    units = source_units(source)
-    options = DecodeOptions.of(config, source)
-    ds = tf.data.Dataset.from_tensor_slices(units[:CHECK_RECORDS]).flat_map(
-        lambda u, s=source: sources_lib.records(s, u).map(lambda r: dict(r, unit=u)))
-    ds = ds.take(CHECK_RECORDS).enumerate().map(
-        lambda i, r: (tf.stack([tf.constant(0, tf.int64), 0, 0, i]), r)).batch(MICRO_BATCH)
-    ds = ds.flat_map(functools.partial(decode_guarded, options=options))
-    problems: collections.Counter = collections.Counter()
-    try:
-      for mb in ds.as_numpy_iterator():
-        if (mb["problem"] == b"").any():
-          break
-        problems.update(p.decode(errors="replace") for p in mb["problem"])
-      else:
-        found = "; ".join(f"{n} x {p}" for p, n in problems.most_common(3)) or "no records"
-        raise errors.DataError(
-            f"Data source {source.name}: none of the first {sum(problems.values())} records "
-            f"of its {len(units)} file(s) is usable ({found}). Check config.input.data: the "
-            "files' format, keys (image_key/text_key) and contents.")
-    except tf.errors.OpError as e:
-      raise errors.DataError(f"Data source {source.name} cannot be read: "
-                             f"{_first_line(e)}. Check config.input.data.") from e
-    logging.info("Data source %s: %d file(s) in this process; its first records decode.",
-                 source.name, len(units))
+  CHECK_RECORDS is usable (or the files cannot be read at all). A collective with several
+  processes: when one fails, all stop (the others name it)."""
+  error = None
+  try:
+    for source in parse_sources(config):
+      _check_source(config, source)
+  except errors.FlipError as e:
+    error = e
+  failed = [i for i, row in enumerate(_all_processes([int(error is not None)])) if row[0]]
+  if error is not None:
+    raise error
+  if failed:
+    raise errors.DataError(f"Process(es) {failed} cannot read their share of "
+                           f"config.input.data (their error says why).")
+
+
+def _check_source(config: ml_collections.ConfigDict, source: sources_lib.Source) -> None:
+  """check_sources for one source of this process."""
+  units = source_units(source)
+  options = DecodeOptions.of(config, source)
+  ds = tf.data.Dataset.from_tensor_slices(units[:CHECK_RECORDS]).flat_map(
+      lambda u, s=source: sources_lib.records(s, u).map(lambda r: dict(r, unit=u)))
+  ds = ds.take(CHECK_RECORDS).enumerate().map(
+      lambda i, r: (tf.stack([tf.constant(0, tf.int64), 0, 0, i]), r)).batch(MICRO_BATCH)
+  ds = ds.flat_map(functools.partial(decode_guarded, options=options))
+  problems: collections.Counter = collections.Counter()
+  try:
+    for mb in ds.as_numpy_iterator():
+      if (mb["problem"] == b"").any():
+        break
+      problems.update(p.decode(errors="replace") for p in mb["problem"])
+    else:
+      found = "; ".join(f"{n} x {p}" for p, n in problems.most_common(3)) or "no records"
+      raise errors.DataError(
+          f"Data source {source.name}: none of the first {sum(problems.values())} records "
+          f"of its {len(units)} file(s) is usable ({found}). Check config.input.data: the "
+          "files' format, keys (image_key/text_key) and contents.")
+  except tf.errors.OpError as e:
+    raise errors.DataError(f"Data source {source.name} cannot be read: "
+                           f"{_first_line(e)}. Check config.input.data.") from e
+  logging.info("Data source %s: %d file(s) in this process; its first records decode.",
+               source.name, len(units))
 
 
 def _first_line(e: tf.errors.OpError) -> str:
