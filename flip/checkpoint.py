@@ -15,6 +15,7 @@ from absl import logging
 from etils import epath
 
 from flip import config_lib
+from flip import distributed
 from flip import errors
 
 
@@ -125,8 +126,8 @@ class Checkpointer:
                 "resumes from it" if steps else "no complete checkpoint exists yet")
     which = f"checkpoint {self._last_save}" if self._last_save is not None else "a checkpoint"
     return errors.SaveError(
-        f"Saving {which} to {self.directory} failed ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}): training stops here; {previous}. "
+        f"Saving {which} to {self.directory} failed ({_gist(e)}): training stops here; "
+        f"{previous}. "
         "Free disk space (or fix the storage) and rerun.")
 
   def _intact_steps(self) -> list[int]:
@@ -172,8 +173,8 @@ class Checkpointer:
       except errors.CheckpointMismatchError:
         raise
       except Exception as e:  # noqa: BLE001  (whatever the damage, an older one may be intact)
-        problem = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
-      if _all_processes_ok(problem is None):
+        problem = _gist(e)[:500]
+      if distributed.process_flags(problem is None).all():
         return result
       failures.append((step, problem or "failed to restore in another process"))
       moved = self._move_aside(step)
@@ -229,12 +230,10 @@ class Checkpointer:
 CORRUPT_DIR = "corrupt_checkpoints"
 
 
-def _all_processes_ok(ok: bool) -> bool:
-  """Whether `ok` holds in every process (a collective with several processes)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.asarray(multihost_utils.process_allgather(np.array([ok], np.int32))).all())
+def _gist(e: BaseException) -> str:
+  """An exception as one line: its type and the first line of its message."""
+  lines = str(e).splitlines()
+  return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _path(path) -> str:
@@ -329,15 +328,10 @@ def check_writable(workdir: str) -> None:
 
 def _probes_seen(path: epath.Path, wrote: bool) -> tuple[list[int], list[int]]:
   """(processes that could not write their probe, processes that do not see every probe)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  def gather(flag: bool) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(np.array([flag], np.int32))).reshape(-1)
-
-  wrote_all = gather(wrote)
+  wrote_all = distributed.process_flags(wrote)
   seen = bool(wrote_all.all()) and all(
       (path / f".write_probe_{i}").exists() for i in range(jax.process_count()))
-  seen_all = gather(seen)  # also a barrier: no probe is deleted before every process looked
+  seen_all = distributed.process_flags(seen)  # also a barrier: no probe is deleted before every process looked
   if not wrote_all.all():
     return np.flatnonzero(wrote_all == 0).tolist(), []
   return [], np.flatnonzero(seen_all == 0).tolist()

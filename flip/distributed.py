@@ -306,3 +306,14 @@ def _log_topology() -> None:
   local, total = jax.local_device_count(), jax.device_count()
   logging.info("Process %d of %d: %d local %s device(s) of %d in all.", jax.process_index(),
                jax.process_count(), local, jax.local_devices()[0].platform, total)
+
+
+def process_flags(flag: bool) -> "np.ndarray":
+  """Every process's `flag`, as bool [process_count] (a collective with several processes, and
+  then also a barrier; no communication with one)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return np.array([bool(flag)])
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = multihost_utils.process_allgather(np.array([flag], np.int32))
+  return np.asarray(gathered).reshape(-1).astype(bool)

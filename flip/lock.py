@@ -25,10 +25,10 @@ import time
 import uuid
 
 import jax
-import numpy as np
 from absl import logging
 from etils import epath
 
+from flip import distributed
 from flip import errors
 
 LOCK_NAME = "run.lock"
@@ -176,12 +176,9 @@ class WorkdirLock:
         self._acquire()
       except errors.FlipError as e:
         error = e
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      ok = np.asarray(multihost_utils.process_allgather(np.array([error is None], np.int32)))
-      if error is None and not ok.reshape(-1)[0]:
-        error = errors.WorkdirLockedError(
-            f"Process 0 could not take the lock {self.path} (its error says why).")
+    if not distributed.process_flags(error is None)[0] and error is None:
+      error = errors.WorkdirLockedError(
+          f"Process 0 could not take the lock {self.path} (its error says why).")
     if error is not None:
       raise error
     if self._held:

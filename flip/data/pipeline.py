@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from flip import distributed
 from flip import errors
 from flip import sharding
 from flip.data import sources as sources_lib
@@ -513,7 +514,7 @@ def check_sources(config: ml_collections.ConfigDict) -> None:
       _check_source(config, source)
   except errors.FlipError as e:
     error = e
-  failed = [i for i, row in enumerate(_all_processes([int(error is not None)])) if row[0]]
+  failed = np.flatnonzero(~distributed.process_flags(error is None)).tolist()
   if error is not None:
     raise error
   if failed:

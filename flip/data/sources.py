@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import os
 import tarfile
 from typing import Iterator
@@ -241,17 +242,17 @@ class CsvLayout:
   names: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=4096)  # each file's pieces are read every epoch: one look each
 def csv_layout(path: str, source: Source) -> CsvLayout:
   """The layout of one CSV/TSV file of `source`, from its first row.
 
   With image_key/text_key set (open_clip's --csv-img-key/--csv-caption-key, e.g.
   `?image_key=filepath&text_key=title`), the first row must name those columns. Without them, a
-  header row's image column is the first known image column name (filepath, image_path, url,
-  ...), its caption column the first known caption name
-  (title, caption, text, ...) or else the second column. A first row is a header when it names
-  a known image column and a known caption column, or starts with a known image column name.
-  Without a header, a row is split at its first delimiter (paths rarely hold one, captions often
-  do).
+  first row is a header when it names a known image column (filepath, image_path, url, ...) and
+  a known caption column (title, caption, text, ...), or starts with a known image column name;
+  its image column is the first known image name, its caption column the first known caption
+  name or else the second column. Without a header, a row is split at its first delimiter
+  (paths rarely hold one, captions often do).
   """
   delimiter = "," if path.lower().endswith(".csv") else "\t"
   with tf.io.gfile.GFile(path, "r") as f:
