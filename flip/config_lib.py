@@ -63,7 +63,9 @@ _EVAL_COMMON = dict(type=REQUIRED, every_steps=REQUIRED, dataset=REQUIRED, data_
 EVALUATORS = {
     "zeroshot": dict(
         _EVAL_COMMON, split="test", label_key="label", max_examples=None,
-        templates="short",  # "short" (CLIP's 7), "clip80" (its 80) or a list with one "{}" each
+        # None: the set's own (a webdataset set's zeroshot_classification_templates.txt), else
+        # "short"; "short" (CLIP's 7), "clip80" (its 80) or a list with one "{}" each
+        templates=None,
         class_names=None),  # None: the data set's; "imagenet": CLIP's curated names; or a list
     "retrieval": dict(
         _EVAL_COMMON, split="test", text_key="captions", max_examples=None,
@@ -71,6 +73,9 @@ EVALUATORS = {
     "linear_probe": dict(
         _EVAL_COMMON, train_split="train", test_split="test", label_key="label",
         max_train_examples=50_000, max_test_examples=None,
+        # "ridge" (closed form, fast: the default during training) | "logistic" (CLIP's protocol:
+        # L-BFGS logistic regression, C chosen on val_split or a held-out fifth of train)
+        method="ridge", val_split=None,
         shots=(),  # k-shot variants, e.g. (1, 5, 10)
         full=True,  # also the probe on all the training features
         l2_regs=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), seed=0),
@@ -304,10 +309,13 @@ def resolve_evaluator(name: str, options: Any) -> dict:
     raise errors.ConfigError(f"{path}.mask_ratio={out['mask_ratio']} must be in [0, 1).")
   if kind == "zeroshot":
     try:
-      prompts.templates(out["templates"])
+      if out["templates"] is not None:
+        prompts.templates(out["templates"])
       prompts.check_class_names(out["class_names"])
     except ValueError as e:
       raise errors.ConfigError(f"{path}: {e}") from None
+  if kind == "linear_probe" and out["method"] not in ("ridge", "logistic"):
+    raise errors.ConfigError(f"{path}.method={out['method']!r}: choose 'ridge' or 'logistic'.")
   for key in ("ks", "shots", "l2_regs"):
     if key in out:
       out[key] = tuple(out[key])

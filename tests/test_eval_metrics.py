@@ -16,8 +16,8 @@ def test_classification_topk_and_mean_per_class_recall_by_hand():
   labels = np.array([0, 1, 0, 0])
   np.testing.assert_array_equal(metrics.target_ranks(scores, labels), [0, 1, 0, 2])
   out = metrics.classification(scores, labels, ks=(1, 2, 5))
-  assert out["top1"] == 0.5 and out["top2"] == 0.75
-  assert "top5" not in out  # more than the 3 classes
+  assert out["acc1"] == 0.5 and out["acc2"] == 0.75
+  assert "acc5" not in out  # more than the 3 classes
   # class 0: 2 of 3 right; class 1: 0 of 1 -> (2/3 + 0) / 2
   assert out["mean_per_class_recall"] == pytest.approx(1 / 3)
 
@@ -41,14 +41,14 @@ def test_retrieval_recall_at_k_by_hand():
   # Image->text (sims = texts[:, i]): image 0 scores 0.2, 0.8, 0, 0, 0.1 -> caption 1 (its own)
   # first; image 1: 0.9 (c0), 0.5 (c2), 0.6 (c3) -> its c2 is third; image 2: 0, 0.1, 0.5, 0.6,
   # 0.3 -> c3 (its own) first.
-  assert out["i2t_recall@1"] == pytest.approx(2 / 3)
-  assert out["i2t_recall@2"] == pytest.approx(2 / 3)
-  assert out["i2t_recall@5"] == 1.0
+  assert out["text_retrieval_recall@1"] == pytest.approx(2 / 3)
+  assert out["text_retrieval_recall@2"] == pytest.approx(2 / 3)
+  assert out["text_retrieval_recall@5"] == 1.0
   # Text->image: c0 -> image 1 first, its image 0 second (rank 1); c1 -> image 0 (rank 0);
   # c2 -> tie 0.5/0.5, image 1 wins on index (rank 0); c3 -> tie, image 1 wins, its image 2 is
   # rank 1; c4 -> image 2 (rank 0).
-  assert out["t2i_recall@1"] == pytest.approx(3 / 5)
-  assert out["t2i_recall@2"] == 1.0
+  assert out["image_retrieval_recall@1"] == pytest.approx(3 / 5)
+  assert out["image_retrieval_recall@2"] == 1.0
 
 
 def test_retrieval_in_chunks_equals_one_matrix(monkeypatch):
@@ -63,7 +63,7 @@ def test_retrieval_in_chunks_equals_one_matrix(monkeypatch):
   sims = images @ texts.T
   order = np.argsort(-sims, axis=1, kind="stable")[:, :5]
   want = np.mean([np.any(text_to_image[order[i]] == i) for i in range(37)])
-  assert whole["i2t_recall@5"] == pytest.approx(want)
+  assert whole["text_retrieval_recall@5"] == pytest.approx(want)
 
 
 def test_retrieval_needs_a_caption_per_image():
@@ -78,9 +78,9 @@ def test_ridge_probe_separates_linearly_separable_classes():
   train_x = centres[train_y] + rng.standard_normal((400, 16))
   test_x = centres[test_y] + rng.standard_normal((200, 16))
   out = metrics.ridge_probe(train_x, train_y, test_x, test_y, 4)
-  assert out["top1"] > 0.95
+  assert out["acc1"] > 0.95
   noise = metrics.ridge_probe(rng.standard_normal((400, 16)), train_y, test_x, test_y, 4)
-  assert noise["top1"] < 0.5  # features unrelated to the labels: near chance (0.25)
+  assert noise["acc1"] < 0.5  # features unrelated to the labels: near chance (0.25)
 
 
 def test_few_shot_indices_take_k_per_class():

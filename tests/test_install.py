@@ -43,7 +43,7 @@ def test_wheel_installs_and_runs_from_elsewhere(shapes_data_dir, tmp_path):
 
   evaluate = run(str(target / "bin" / "flip-evaluate"), f"--workdir={workdir}")
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-  assert "zeroshot/top1:" in evaluate.stdout
+  assert "zeroshot/acc1:" in evaluate.stdout
 
   # The flip-train script: a mistyped recipe name is one line listing the recipes.
   typo = run(str(target / "bin" / "flip-train"), "--config=vitl16_mask5", f"--workdir={workdir}")

@@ -204,7 +204,7 @@ def test_masked_fine_tuning_of_an_imported_model(shapes_data_dir, tiny, tmp_path
   evals["evals"] = {"zeroshot": dict(type="zeroshot", every_steps=1, dataset="flip_shapes",
                                      split="validation", max_examples=64)}
   results = evaluation.evaluate_checkpoint(config_lib.resolve(evals), imported)
-  assert results["step"] == 0 and 0.0 <= results["zeroshot/top1"] <= 1.0
+  assert results["step"] == 0 and 0.0 <= results["zeroshot/acc1"] <= 1.0
 
   from flip import train
   from flip.configs import open_clip_mask50

@@ -72,6 +72,6 @@ def test_trainer_accepts_a_vocabulary_built_by_build_vocab(shapes_data_dir, tmp_
   config.total_steps = 2
   config.evals.zeroshot.every_steps = 2
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert summary["step"] == 2 and 0 <= summary["zeroshot/top1"] <= 1
+  assert summary["step"] == 2 and 0 <= summary["zeroshot/acc1"] <= 1
   tokens = tokenizer_lib.Tokenizer(str(tmp_path / "vocab.txt"), 32)(["a red circle"])[0]
   assert 1 not in tokens[:5]  # no [UNK] (id 1) for words of the corpus

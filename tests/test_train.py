@@ -54,9 +54,9 @@ def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
   summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == config.total_steps == 20
   assert np.isfinite(summary["train/loss"])
-  assert 0.0 <= summary["zeroshot/top1"] <= 1.0
+  assert 0.0 <= summary["zeroshot/acc1"] <= 1.0
   for key in ("train/lr", "train/logit_scale", "train/steps_per_sec", "train/images_per_sec",
-              "retrieval/i2t_recall@1", "retrieval/t2i_recall@10", "zeroshot/top5"):
+              "retrieval/text_retrieval_recall@1", "retrieval/image_retrieval_recall@10", "zeroshot/acc5"):
     assert key in summary
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]
   assert tf.io.gfile.glob(str(tmp_path / "events.out.tfevents.*"))
@@ -64,7 +64,7 @@ def test_local_run_trains_evaluates_and_checkpoints(shapes_data_dir, tmp_path):
 
   again = train.train_and_evaluate(config, str(tmp_path))  # finished: evaluates, trains nothing
   assert again["step"] == 20 and "train/loss" not in again
-  assert again["zeroshot/top1"] == summary["zeroshot/top1"]
+  assert again["zeroshot/acc1"] == summary["zeroshot/acc1"]
 
 
 def broken_wds_shards(directory):
@@ -229,8 +229,8 @@ print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r}))
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
   print(f"demo after 150 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
-        f"i2t top-1 {summary['retrieval/i2t_recall@1']:.3f}, probe {summary['linear_probe/top1']:.3f}")
+        f"i2t top-1 {summary['retrieval/text_retrieval_recall@1']:.3f}, probe {summary['linear_probe/top1']:.3f}")
   assert summary["step"] == 150
-  assert summary["zeroshot/top1"] > 5 * chance, summary
-  assert summary["retrieval/i2t_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images
-  assert summary["linear_probe/top1"] > 2 * chance, summary
+  assert summary["zeroshot/acc1"] > 5 * chance, summary
+  assert summary["retrieval/text_retrieval_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images
+  assert summary["linear_probe/acc1"] > 2 * chance, summary

@@ -216,5 +216,5 @@ def test_tuning_run_starts_from_the_pretraining_run(shapes_data_dir, tmp_path):
   tune.evals.zeroshot_masked = dict(tune.evals.zeroshot.to_dict(), mask_ratio=0.5)
   summary = train.train_and_evaluate(tune, str(tmp_path / "tune"))
   assert summary["step"] == 4 and tune.mask_ratio == 0.0
-  assert "zeroshot/top1" in summary and "zeroshot_masked/top1" in summary
+  assert "zeroshot/acc1" in summary and "zeroshot_masked/acc1" in summary
   assert checkpoint.read_config(str(tmp_path / "tune")).init_from == str(tmp_path / "pre")

@@ -111,8 +111,8 @@ def main(argv):
     config = configure(base, mask, steps, _EVALS.value, name)
     run(config, workdir)
     logged = scalars(workdir)
-    curve = [(logged["train/seconds"][s], logged[f"{name}/top1"][s])
-             for s in sorted(logged[f"{name}/top1"])]
+    curve = [(logged["train/seconds"][s], logged[f"{name}/acc1"][s])
+             for s in sorted(logged[f"{name}/acc1"])]
     row = {"mask_ratio": mask, "steps_per_s": rate, "steps": steps,
            "images": steps * base.input.global_batch_size,
            "train_s": curve[-1][0], "top1": curve[-1][1], "curve": curve}
@@ -120,13 +120,13 @@ def main(argv):
       masked = configure(base, mask, steps, 1, name)
       masked.evals = {f"{name}_masked": dict(masked.evals[name].to_dict(), mask_ratio=mask)}
       row["masked_inference_top1"] = evaluation.evaluate_checkpoint(masked, workdir)[
-          f"{name}_masked/top1"]
+          f"{name}_masked/acc1"]
       tune_steps = max(2, int(_TUNE_FRACTION.value * _BUDGET.value * rates[0.0]))
       tune = configure(tune_base, 0.0, tune_steps, 1, name)
       tune.init_from = workdir
       tune_dir = workdir + "_tuned"
       summary = run(tune, tune_dir)
-      row.update(tuned_top1=summary[f"{name}/top1"], tune_steps=tune_steps,
+      row.update(tuned_top1=summary[f"{name}/acc1"], tune_steps=tune_steps,
                  tune_s=summary["train/seconds"])
     results.append(row)
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)

@@ -26,9 +26,10 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def classification(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)
                    ) -> dict[str, float]:
-  """top-k accuracy and mean per-class recall (top-1 recall averaged over the classes present)."""
+  """acc{k} (top-k accuracy) and mean_per_class_recall (top-1 recall averaged over the classes
+  present): CLIP_benchmark's names."""
   ranks = target_ranks(scores, labels)
-  out = {f"top{k}": float(np.mean(ranks < k)) for k in ks if k <= scores.shape[1]}
+  out = {f"acc{k}": float(np.mean(ranks < k)) for k in ks if k <= scores.shape[1]}
   hits = ranks == 0
   present = np.unique(labels)
   out["mean_per_class_recall"] = float(np.mean([hits[labels == c].mean() for c in present]))
@@ -43,7 +44,8 @@ def _chunks(num_rows: int, num_columns: int):
 
 def retrieval(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.ndarray,
               ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-  """Recall@k both ways; text_to_image[j] is the image that caption j describes.
+  """Recall@k both ways; text_to_image[j] is the image that caption j describes. CLIP_benchmark's
+  names: text_retrieval_recall@k (image->text) and image_retrieval_recall@k (text->image).
 
   Image->text: an image is a hit at k if any of its captions ranks < k among all captions.
   Text->image: a caption is a hit at k if its image ranks < k among all images. Similarities are
@@ -65,8 +67,8 @@ def retrieval(image_emb: np.ndarray, text_emb: np.ndarray, text_to_image: np.nda
     t2i_rank[rows] = target_ranks(text_emb[rows] @ image_emb.T, text_to_image[rows])
   out = {}
   for k in ks:
-    out[f"i2t_recall@{k}"] = float(np.mean(i2t_rank < k))
-    out[f"t2i_recall@{k}"] = float(np.mean(t2i_rank < k))
+    out[f"image_retrieval_recall@{k}"] = float(np.mean(t2i_rank < k))
+    out[f"text_retrieval_recall@{k}"] = float(np.mean(i2t_rank < k))
   return out
 
 
@@ -77,7 +79,7 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
 
   Features are standardised with the training statistics; the L2 strength is chosen on a held-out
   fifth of the training set (when it has at least 2 examples per class), then the probe is refit
-  on all of it. Returns test top-1 accuracy and the chosen L2 strength.
+  on all of it. Returns test top-1 accuracy (acc1) and the chosen L2 strength.
   """
   mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
 
@@ -103,7 +105,7 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, te
   else:
     l2 = l2_regs[len(l2_regs) // 2]
   w = fit(x, y, l2)
-  return {"top1": accuracy(w, features(test_x), np.asarray(test_y)), "l2": float(l2)}
+  return {"acc1": accuracy(w, features(test_x), np.asarray(test_y)), "l2": float(l2)}
 
 
 def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0) -> np.ndarray:

@@ -17,11 +17,13 @@ def class_embeddings(embedder: embed.Embedder, params, class_names, templates) -
 
 
 class ZeroShot:
-  """Top-1, top-5 and mean per-class recall of prompt-based classification of a TFDS split.
+  """acc1, acc5 and mean per-class recall of prompt-based classification of a split.
 
-  Options (defaults in flip.config_lib.EVALUATORS["zeroshot"]): dataset, split, label_key,
-  image_key, data_dir, templates ("short": CLIP's 7, "clip80": its 80, or a list), class_names
-  (None: the data set's; "imagenet": CLIP's curated ImageNet names; or a list), max_examples,
+  Options (defaults in flip.config_lib.EVALUATORS["zeroshot"]): dataset (a TFDS name or
+  `wds:<root>`, a CLIP_benchmark webdataset set), split, label_key, image_key, data_dir, templates
+  (None: the set's own zeroshot_classification_templates.txt if it has one, else "short";
+  "short": CLIP's 7; "clip80": its 80; or a list), class_names (None: the data set's, e.g. its
+  classnames.txt; "imagenet": CLIP's curated ImageNet names; or a list), max_examples,
   mask_ratio (0: full images; >0: masked inference, the paper's ablation).
   """
 
@@ -29,10 +31,11 @@ class ZeroShot:
                label_key: str, image_key: str, data_dir: str | None, templates, class_names,
                max_examples: int | None, mask_ratio: float):
     self.embedder = embedder
-    self.label_key = label_key
-    self.data = data_lib.EvalSplit(dataset, split, data_dir, image_key, image_size,
-                                   keys=(label_key,), max_examples=max_examples)
-    self.class_names = prompts.class_names(class_names, self.data.class_names(label_key))
+    self.data = data_lib.open_split(dataset, split, data_dir, image_size, image_key=image_key,
+                                    label_key=label_key, max_examples=max_examples)
+    self.class_names = prompts.class_names(class_names, self.data.class_names())
+    if templates is None:
+      templates = self.data.templates() or "short"
     self.templates = prompts.templates(templates)
     self.mask_ratio = mask_ratio
 
@@ -41,5 +44,5 @@ class ZeroShot:
     scores, labels = [], []
     for chunk in self.data.chunks():
       scores.append(self.embedder.images(params, chunk["image"], self.mask_ratio) @ class_emb.T)
-      labels.append(chunk[self.label_key])
+      labels.append(chunk["label"])
     return metrics.classification(np.concatenate(scores), np.concatenate(labels), ks=(1, 5))
