@@ -13,7 +13,8 @@ setuptools.setup(
     version="0.1.0",
     description="FLIP (Scaling Language-Image Pre-training via Masking) in JAX/Flax",
     license="Apache-2.0",
-    packages=setuptools.find_packages(include=["flip", "flip.*"]) + ["flip.configs"],
+    packages=setuptools.find_packages(include=["flip", "flip.*"]) + ["flip.configs",
+                                                                      "flip.configs.benchmarks"],
     package_dir={"flip.configs": "configs"},
     package_data={"flip.data": ["vocab_bert_base_uncased.txt", "bpe_simple_vocab_16e6.txt.gz",
                                 "LICENSE_open_clip_bpe.txt"]},
@@ -43,5 +44,6 @@ setuptools.setup(
     entry_points={"console_scripts": [
         "flip-train = flip.main:run",
         "flip-evaluate = flip.evaluate:run",
+        "flip-benchmark = flip.benchmark_suite:run",
     ]},
 )

@@ -46,9 +46,11 @@ def parse_flags(argv):
     sys.exit(2)
 
 
-def recipe_argv(argv: list[str], recipe_flags: tuple[str, ...] = ("config",)) -> list[str]:
+def recipe_argv(argv: list[str], recipe_flags: tuple[str, ...] = ("config",),
+                package: str | None = None) -> list[str]:
   """`--config=NAME[:arg]` (a packaged recipe, e.g. vitl16_mask50) -> `--config=<its file>[:arg]`
-  for each flag of `recipe_flags`; a path to an existing file, or any other flag, is kept."""
+  for each flag of `recipe_flags`; a path to an existing file, or any other flag, is kept.
+  `package`: where the names are looked up (default config_lib.RECIPES)."""
   out = []
   for i, arg in enumerate(argv):
     flag, value = None, None
@@ -62,7 +64,7 @@ def recipe_argv(argv: list[str], recipe_flags: tuple[str, ...] = ("config",)) ->
       if path and not os.path.exists(path) and os.sep not in path:
         from flip import config_lib  # pylint: disable=g-import-not-at-top
         try:
-          path = config_lib.recipe_path(path)
+          path = config_lib.recipe_path(path, package or config_lib.RECIPES)
         except errors.FlipError as e:
           print(f"error: {arg}: {e}", file=sys.stderr)
           sys.exit(2)
@@ -90,18 +92,23 @@ def _call(main: Callable, tensorflow: bool, join: bool, argv):
 
 
 def run(main: Callable, *, tensorflow: bool = True, join: bool = True,
-        huge_pages: bool = True, recipe_flags: tuple[str, ...] = ("config",)) -> None:
+        huge_pages: bool = True, recipe_flags: tuple[str, ...] = ("config",),
+        task_flags: tuple[str, ...] = ()) -> None:
   """Runs `main(argv)` as an entry point (see the module docstring).
 
   tensorflow=False: the program does not use TensorFlow (it is then not imported, e.g. the
   benchmark on accelerator hosts without it); join=False: it does not use JAX across processes
   (data conversion tools, or a program that configures JAX's devices itself); huge_pages=False:
-  no restart with glibc huge pages; recipe_flags: the config-file flags that take recipe names.
+  no restart with glibc huge pages; recipe_flags: the config-file flags that take recipe names;
+  task_flags: those that take the names of flip.benchmark_suite's task lists.
   """
   if huge_pages:
     hostmem.reexec_with_huge_pages()  # before JAX starts: see flip/hostmem.py
   stderr_filter.install()  # libjpeg's lines about broken images stay off the console
   sys.argv = recipe_argv(sys.argv, recipe_flags)
+  if task_flags:
+    from flip import config_lib  # pylint: disable=g-import-not-at-top
+    sys.argv = recipe_argv(sys.argv, task_flags, config_lib.TASK_LISTS)
   try:
     app.run(functools.partial(_call, main, tensorflow, join), flags_parser=parse_flags)
   except SystemExit as e:

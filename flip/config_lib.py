@@ -194,25 +194,31 @@ def load_recipe(name_or_path: str, arg: str | None = None) -> ml_collections.Con
   return module.get_config(arg)
 
 
-def recipe_names() -> list[str]:
-  """The names of the packaged recipes (configs/*.py but the helpers)."""
-  folder = os.path.dirname(importlib.import_module("flip.configs").__file__)
+RECIPES = "flip.configs"  # the package of the training recipes (the repository's configs/)
+TASK_LISTS = "flip.configs.benchmarks"  # flip.benchmark_suite's task lists (configs/benchmarks/)
+
+
+def recipe_names(package: str = RECIPES) -> list[str]:
+  """The names of the packaged recipes (configs/*.py but the helpers), or of another package's
+  config files (TASK_LISTS: configs/benchmarks/*.py)."""
+  folder = os.path.dirname(importlib.import_module(package).__file__)
   return sorted(f[:-3] for f in os.listdir(folder)
                 if f.endswith(".py") and not f.startswith("_") and f != "common.py")
 
 
-def recipe_name(name: str) -> str:
+def recipe_name(name: str, package: str = RECIPES) -> str:
   """`name` if it is a packaged recipe, else an errors.NotFoundError listing them."""
   name = name[:-3] if name.endswith(".py") else name
-  if name not in recipe_names():
-    raise errors.NotFoundError(f"No recipe file or packaged recipe {name!r}; the packaged "
-                               f"recipes are {recipe_names()}.")
+  if name not in recipe_names(package):
+    what = "recipe" if package == RECIPES else "task list"
+    raise errors.NotFoundError(f"No {what} file or packaged {what} {name!r}; the packaged "
+                               f"{what}s are {recipe_names(package)}.")
   return name
 
 
-def recipe_path(name: str) -> str:
-  """The file of a packaged recipe (for --config=NAME)."""
-  return importlib.util.find_spec(f"flip.configs.{recipe_name(name)}").origin
+def recipe_path(name: str, package: str = RECIPES) -> str:
+  """The file of a packaged recipe (for --config=NAME) or task list (package=TASK_LISTS)."""
+  return importlib.util.find_spec(f"{package}.{recipe_name(name, package)}").origin
 
 
 def steps_from(section: ml_collections.ConfigDict, name: str, global_batch_size: int) -> int:

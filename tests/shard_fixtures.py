@@ -123,3 +123,43 @@ def write_csv(directory: str, num: int = 12, missing: int = 1, header: bool = Tr
   with open(path, "w") as f:
     f.write("\n".join(([f"image_path{delim}caption"] if header else []) + rows) + "\n")
   return {"path": path, "good": good, "missing": missing}
+
+
+def write_clip_benchmark_set(root: str, split: str, samples: list[tuple[bytes, str, object]],
+                             kind: str = "classification", classnames=None, templates=None,
+                             per_shard: int = 10, nshards_file: bool = True) -> str:
+  """A set in CLIP_benchmark's webdataset layout (what its `clip_benchmark_export_wds` writes):
+  root/{classnames.txt, zeroshot_classification_templates.txt, dataset_type.txt} and
+  root/split/{nshards.txt, 0.tar, 1.tar, ...} with `s%07d.<ext>` images and `.cls` labels or
+  `.txt` captions (one per line). samples: (image bytes, extension, label int or captions list;
+  a value of bytes is written as is)."""
+  folder = os.path.join(root, split)
+  os.makedirs(folder, exist_ok=True)
+  shards = [samples[i:i + per_shard] for i in range(0, len(samples), per_shard)]
+  for s, part in enumerate(shards):
+    with tarfile.open(os.path.join(folder, f"{s}.tar"), "w") as tar:
+      for j, (image, ext, value) in enumerate(part):
+        key = f"s{s * per_shard + j:07d}"
+        if kind == "retrieval" and not isinstance(value, bytes):
+          value = "\n".join(value).encode()
+        elif not isinstance(value, bytes):
+          value = str(value).encode()
+        members = [(ext, image)] if image is not None else []
+        members.append(("txt" if kind == "retrieval" else "cls", value))
+        for member_ext, data in members:
+          info = tarfile.TarInfo(f"{key}.{member_ext}")
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+  if nshards_file:
+    with open(os.path.join(folder, "nshards.txt"), "w") as f:
+      f.write(f"{len(shards)}\n")
+  if kind == "retrieval":
+    with open(os.path.join(root, "dataset_type.txt"), "w") as f:
+      f.write("retrieval\n")
+  if classnames is not None:
+    with open(os.path.join(root, "classnames.txt"), "w") as f:
+      f.write("\n".join(classnames) + "\n")
+  if templates is not None:
+    with open(os.path.join(root, "zeroshot_classification_templates.txt"), "w") as f:
+      f.write("\n".join(templates) + "\n")
+  return root

@@ -23,6 +23,7 @@ from flip.evaluation import suite
 from flip.evaluation import zeroshot
 from flip.configs import demo
 from flip.models import flip as flip_lib
+from shard_fixtures import write_clip_benchmark_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,8 +126,55 @@ def test_training_goes_on_without_a_missing_evaluation_data_set(shapes_data_dir,
   assert not any(k.startswith("imagenet/") for k in summary)
 
 
+TASKS = """
+import ml_collections
+from ml_collections import config_dict
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.wds_root = config_dict.placeholder(str)
+  c.data_dir = {data_dir!r}
+  templates = ("a photo of a {{}}.", "a {{}}.")
+  shapes = dict(dataset="flip_shapes", split="validation", max_examples=40)
+  c.tasks = dict(
+      tfds_zeroshot=dict(shapes, type="zeroshot", templates=templates),
+      wds_zeroshot=dict(type="zeroshot", dataset="wds:{{wds_root}}/wds_shapes", split="test"),
+      tfds_retrieval=dict(shapes, type="retrieval"),
+      wds_retrieval=dict(type="retrieval", dataset="wds:{{wds_root}}/wds_shapes_captions",
+                         split="test"),
+      wds_probe=dict(type="linear_probe", dataset="wds:{{wds_root}}/wds_shapes",
+                     train_split="train", test_split="test", method="logistic"),
+      imagenet=dict(type="zeroshot", dataset="imagenet2012", split="validation",
+                    class_names="imagenet"))
+  return c
+"""
+
+
+def write_shapes_as_clip_benchmark_sets(data_dir: str, root: str) -> None:
+  """flip_shapes examples (their encoded PNGs, unchanged) in CLIP_benchmark's layout."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder("flip_shapes", data_dir=data_dir)
+  names = [n.replace("_", " ") for n in builder.info.features["label"].names]
+
+  def examples(split, n):
+    ds = builder.as_dataset(split=f"{split}[:{n}]", shuffle_files=False,
+                            decoders={"image": tfds.decode.SkipDecoding()})
+    return [(ex["image"], "png", ex) for ex in tfds.as_numpy(ds)]
+
+  for split, tfds_split, n in (("test", "validation", 40), ("train", "train", 60)):
+    samples = examples(tfds_split, n)
+    write_clip_benchmark_set(f"{root}/wds_shapes", split,
+                             [(img, ext, int(ex["label"])) for img, ext, ex in samples],
+                             classnames=names, templates=["a photo of a {c}.", "a {c}."])
+  write_clip_benchmark_set(
+      f"{root}/wds_shapes_captions", "test",
+      [(img, ext, [c.decode() for c in ex["captions"]]) for img, ext, ex in
+       examples("validation", 40)], kind="retrieval")
+
+
 @pytest.mark.slow
-def test_standalone_evaluation_of_a_demo_checkpoint(shapes_data_dir, tmp_path):
+def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_data_dir,
+                                                                       tmp_path):
   config = local_config(shapes_data_dir)
   config.total_steps = 10
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -138,9 +186,35 @@ def test_standalone_evaluation_of_a_demo_checkpoint(shapes_data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads((tmp_path / "metrics.json").read_text())
   assert got["step"] == 10
-  for key in ("zeroshot/acc1", "retrieval/text_retrieval_recall@1", "retrieval/image_retrieval_recall@10"):
+  for key in ("zeroshot/acc1", "retrieval/text_retrieval_recall@1",
+              "retrieval/image_retrieval_recall@10"):
     assert got[key] == pytest.approx(summary[key], abs=1e-6), key
   assert "zeroshot/acc1:" in result.stdout
+
+  # The benchmark suite: TFDS and CLIP_benchmark webdataset sets of the same images agree.
+  write_shapes_as_clip_benchmark_sets(shapes_data_dir, str(tmp_path / "cb"))
+  (tmp_path / "tasks.py").write_text(TASKS.format(data_dir=shapes_data_dir))
+  result = subprocess.run(
+      [sys.executable, "-m", "flip.benchmark_suite", f"--workdir={tmp_path}/run",
+       f"--tasks={tmp_path}/tasks.py", f"--tasks.wds_root={tmp_path}/cb",
+       f"--output={tmp_path}/table"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = json.loads((tmp_path / "table" / "results.json").read_text())
+  assert table["step"] == 10
+  rows = {row["task"]: row for row in table["rows"]}
+  assert rows["imagenet"]["status"].startswith("missing: ")
+  for tfds_task, wds_task, keys in (
+      ("tfds_zeroshot", "wds_zeroshot", ("acc1", "acc5", "mean_per_class_recall")),
+      ("tfds_retrieval", "wds_retrieval", ("image_retrieval_recall@1", "text_retrieval_recall@5"))):
+    for key in keys:
+      assert rows[wds_task][key] == pytest.approx(rows[tfds_task][key], abs=1e-6), (wds_task, key)
+    assert rows[wds_task]["images"] == 40 and rows[wds_task]["images_per_s"] > 0
+  assert {"acc1", "acc5", "mean_per_class_recall", "C"} <= set(rows["wds_probe"])
+  assert rows["wds_probe"]["images"] == 100  # 60 training and 40 test images
+  header = (tmp_path / "table" / "results.csv").read_text().splitlines()[0].split(",")
+  assert header[:5] == ["task", "dataset", "split", "type", "acc1"]
+  assert "| wds_zeroshot | test | zeroshot_classification |" in result.stdout
 
   empty = subprocess.run([sys.executable, "-m", "flip.evaluate", f"--workdir={tmp_path}/none"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

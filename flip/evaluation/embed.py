@@ -21,12 +21,14 @@ class Embedder:
 
   Every process passes the same full array; each contributes its own slice of every batch, and the
   last partial batch is padded then dropped, so each example is embedded exactly once.
+  `images_embedded` counts the images embedded so far (for images/s figures).
   """
 
   def __init__(self, model: flip_lib.FLIP, tokenizer: tokenizer_lib.Tokenizer, mesh: Mesh,
                batch_size: int, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES):
     self.tokenizer = tokenizer
     self.mesh = mesh
+    self.images_embedded = 0
     ways = sharding.batch_ways(mesh) * jax.process_count()
     self.batch_size = max(ways, batch_size // ways * ways)
     out = sharding.replicated(mesh)
@@ -61,6 +63,7 @@ class Embedder:
   def images(self, params, images: np.ndarray, mask_ratio: float = 0.0) -> np.ndarray:
     """Image embeddings; mask_ratio > 0 drops that share of the patches (masked inference,
     the paper's ablation), with masks fixed per batch position so results repeat."""
+    self.images_embedded += len(images)
     return self._run(self._image, params, images, mask_ratio=float(mask_ratio))
 
   def texts(self, params, texts: list[str]) -> np.ndarray:

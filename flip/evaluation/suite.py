@@ -68,23 +68,29 @@ def _check_same_everywhere(config: ml_collections.ConfigDict, evaluators: dict) 
           "config.input.data_dir that every host sees (e.g. gs://bucket/tensorflow_datasets).")
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None) -> dict[str, float]:
-  """{evaluator/metric: value} of a checkpoint of `workdir` (default: its newest) under
-  `config.evals`, also written to the workdir's TensorBoard logs (python -m flip.evaluate)."""
+def load_model(config: ml_collections.ConfigDict, workdir: str, step: int | None = None):
+  """(resolved config, embedder, params, step) of a checkpoint of `workdir` (default: its
+  newest); the optimizer state is not read."""
   config = config_lib.resolve(config)
-  if not config.evals:
-    raise errors.ConfigError("config.evals declares no evaluator: add one, e.g. "
-                             "--config=configs/demo.py, or see the README's evaluation section.")
   mesh = sharding.make_mesh(config.mesh)
   tokenizer = tokenizer_lib.from_config(config.input)
   tokenizer_lib.check_vocab_size(tokenizer, config.model.text.vocab_size)
   model = flip_lib.from_config(config.model)
-  # The optimizer state is not read.
   params, step = checkpoint.load_params(workdir, flip_lib.abstract_params(config, mesh), step)
   batch = max(sharding.batch_ways(mesh), min(config.input.global_batch_size, 1024))
-  evaluators = make_evaluators(config, embed.Embedder(
-      model, tokenizer, mesh, batch, config.logical_axis_rules))
+  embedder = embed.Embedder(model, tokenizer, mesh, batch, config.logical_axis_rules)
+  return config, embedder, params, step
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None) -> dict[str, float]:
+  """{evaluator/metric: value} of a checkpoint of `workdir` (default: its newest) under
+  `config.evals`, also written to the workdir's TensorBoard logs (python -m flip.evaluate)."""
+  if not config.evals:
+    raise errors.ConfigError("config.evals declares no evaluator: add one, e.g. "
+                             "--config=configs/demo.py, or see the README's evaluation section.")
+  config, embedder, params, step = load_model(config, workdir, step)
+  evaluators = make_evaluators(config, embedder)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   results = {}
   for name, evaluator in evaluators.items():
