@@ -153,7 +153,7 @@ def check_evaluators(out: str) -> None:
   config.evals.zeroshot = dict(type="zeroshot", dataset="flip_shapes", every_steps=10)
   found = {"zeroshot": None} if jax.process_index() == 0 else {}
   try:
-    suite._check_same_everywhere(config, found)  # pylint: disable=protected-access
+    suite.check_same_everywhere(list(config.evals), found)
     error = None
   except FileNotFoundError as e:
     error = str(e)

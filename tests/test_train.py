@@ -228,8 +228,9 @@ print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r}))
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
-  print(f"demo after 150 steps: zero-shot top-1 {summary['zeroshot/top1']:.3f}, "
-        f"i2t top-1 {summary['retrieval/text_retrieval_recall@1']:.3f}, probe {summary['linear_probe/top1']:.3f}")
+  print(f"demo after 150 steps: zero-shot top-1 {summary['zeroshot/acc1']:.3f}, "
+        f"i2t top-1 {summary['retrieval/text_retrieval_recall@1']:.3f}, "
+        f"probe {summary['linear_probe/acc1']:.3f}")
   assert summary["step"] == 150
   assert summary["zeroshot/acc1"] > 5 * chance, summary
   assert summary["retrieval/text_retrieval_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images

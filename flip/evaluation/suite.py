@@ -49,14 +49,15 @@ def make_evaluators(config: ml_collections.ConfigDict, embedder: embed.Embedder,
         raise
       logging.warning("Evaluator %s is left out: %s Training goes on without it.", name, e)
   if jax.process_count() > 1:
-    _check_same_everywhere(config, evaluators)
+    check_same_everywhere(list(config.evals), evaluators)
   return evaluators
 
 
-def _check_same_everywhere(config: ml_collections.ConfigDict, evaluators: dict) -> None:
+def check_same_everywhere(names: list[str], evaluators: dict) -> None:
   """Every process must run the same evaluators (they are collectives): a data set present on
-  some hosts only would otherwise hang the run at its first evaluation."""
-  names = sorted(config.evals)
+  some hosts only would otherwise hang the run at its first evaluation. `names`: all that were
+  asked for; `evaluators`: those this process could build."""
+  names = sorted(names)
   have = np.asarray(multihost_utils.process_allgather(
       np.array([name in evaluators for name in names], np.int32)))
   for j, name in enumerate(names):
