@@ -81,8 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, tasks: dict[str, dict],
       row["status"] = f"missing: {e}"
       logging.warning("Task %s is left out: %s", name, e)
     rows.append(row)
-  if jax.process_count() > 1:
-    suite.check_same_everywhere(list(tasks), evaluators)
+  suite.check_same_everywhere(list(tasks), evaluators)
   if not evaluators:
     raise errors.NotFoundError("No task's data set was found: " + " | ".join(
         f"{r['task']}: {r['status'][len('missing: '):]}" for r in rows))

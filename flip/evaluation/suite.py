@@ -48,15 +48,16 @@ def make_evaluators(config: ml_collections.ConfigDict, embedder: embed.Embedder,
       if not missing_ok:
         raise
       logging.warning("Evaluator %s is left out: %s Training goes on without it.", name, e)
-  if jax.process_count() > 1:
-    check_same_everywhere(list(config.evals), evaluators)
+  check_same_everywhere(list(config.evals), evaluators)
   return evaluators
 
 
 def check_same_everywhere(names: list[str], evaluators: dict) -> None:
   """Every process must run the same evaluators (they are collectives): a data set present on
   some hosts only would otherwise hang the run at its first evaluation. `names`: all that were
-  asked for; `evaluators`: those this process could build."""
+  asked for; `evaluators`: those this process could build. Nothing to check in one process."""
+  if jax.process_count() == 1:
+    return
   names = sorted(names)
   have = np.asarray(multihost_utils.process_allgather(
       np.array([name in evaluators for name in names], np.int32)))
