@@ -6,6 +6,7 @@ for each session: a session still compiles every program once, and no stale cach
 """
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -20,11 +21,25 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # inherited by the tests' sub
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
+# The entry points restart themselves once with glibc huge pages (flip/hostmem.py); the tests'
+# subprocesses start with them instead (a second import of JAX saved per launch).
+from flip import hostmem  # noqa: E402
+
+if hostmem.wanted() and not hostmem.active():
+  os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"),
+                                                         hostmem.TUNABLE]))
+
 import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
 
 import pytest  # noqa: E402
+
+
+def session_dir(tmp_path_factory):
+  """This session's temporary directory, one for all pytest-xdist worker processes."""
+  shared = tmp_path_factory.getbasetemp()
+  return shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
 
 
 @pytest.fixture(scope="session")
@@ -37,17 +52,76 @@ def shapes_data_dir(tmp_path_factory):
   import fcntl
   import tensorflow_datasets as tfds
   from flip.data import shapes  # noqa: F401  (registers the builder)
-  data_dir = os.environ.get("FLIP_TEST_DATA_DIR")
-  if not data_dir:
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-      shared = shared.parent  # the session's directory, above each worker's own
-    data_dir = str(shared / "tfds_flip_shapes")
+  data_dir = os.environ.get("FLIP_TEST_DATA_DIR") or str(
+      session_dir(tmp_path_factory) / "tfds_flip_shapes")
   os.makedirs(data_dir, exist_ok=True)
   with open(os.path.join(data_dir, ".lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then reuse it
     tfds.builder("flip_shapes", data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+def built_once(tmp_path_factory, name, build) -> str:
+  """The directory `name`, filled by `build(directory)` once per session, also across
+  pytest-xdist workers (the first builds under a lock; the others wait, then reuse it).
+  Tests only read it: one that writes into a run copies it first."""
+  import fcntl
+  directory = session_dir(tmp_path_factory) / name
+  with open(f"{directory}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (directory / ".built").exists():
+      shutil.rmtree(directory, ignore_errors=True)
+      directory.mkdir()
+      build(str(directory))
+      (directory / ".built").write_text("")
+  return str(directory)
+
+
+def local_demo_config(data_dir, **overrides):
+  """configs/demo.py:local reading `data_dir`, with {"dotted.key": value} overrides."""
+  from flip.configs import demo
+  c = demo.get_config("local")
+  c.input.data_dir = data_dir  # the evaluators read their data sets from it too
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return c
+
+
+def _trained(data_dir, **overrides):
+  def build(workdir):
+    from flip import train
+    summary = train.train_and_evaluate(local_demo_config(data_dir, **overrides), workdir)
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f)
+  return build
+
+
+def _read_run(workdir):
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return workdir, json.load(f)
+
+
+@pytest.fixture(scope="session")
+def local_run(shapes_data_dir, tmp_path_factory):
+  """(workdir, summary) of the :local demo as flip.main runs it: 20 steps, evaluated (zero-shot,
+  retrieval, linear probe) and checkpointed at steps 10 and 20. Shared by the tests of the
+  training loop and of the evaluation entry points."""
+  return _read_run(built_once(tmp_path_factory, "local_run", _trained(shapes_data_dir)))
+
+
+STRAIGHT_RUN = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}
+
+
+@pytest.fixture(scope="session")
+def straight_run(shapes_data_dir, tmp_path_factory):
+  """(workdir, summary) of an uninterrupted :local run with the STRAIGHT_RUN overrides: what the
+  stopped and resumed runs of the same settings must end equal to."""
+  return _read_run(built_once(tmp_path_factory, "straight_run",
+                              _trained(shapes_data_dir, **STRAIGHT_RUN)))
 
 
 def pytest_collection_modifyitems(config, items):

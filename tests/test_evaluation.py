@@ -3,6 +3,7 @@ clear errors, and training that goes on without a missing evaluation data set.""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,8 +39,8 @@ def local_config(data_dir):
 def model_and_params():
   config = demo.get_config("local")
   model = flip_lib.from_config(config.model)
-  params = model.init({"params": jax.random.key(0)}, np.zeros((1, 32, 32, 3), np.float32),
-                      np.zeros((1, 32), np.int32))["params"]
+  params = jax.jit(model.init)({"params": jax.random.key(0)}, np.zeros((1, 32, 32, 3), np.float32),
+                               np.zeros((1, 32), np.int32))["params"]
   return config, model, params
 
 
@@ -174,18 +175,18 @@ def write_shapes_as_clip_benchmark_sets(data_dir: str, root: str) -> None:
 
 @pytest.mark.slow
 def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_data_dir,
-                                                                       tmp_path):
-  config = local_config(shapes_data_dir)
-  config.total_steps = 10
-  summary = train.train_and_evaluate(config, str(tmp_path / "run"))
+                                                                       local_run, tmp_path):
+  shared, summary = local_run  # the :local demo trained 20 steps
+  run = tmp_path / "run"
+  shutil.copytree(shared, run)  # flip.evaluate adds its TensorBoard events to the workdir
   env = dict(os.environ, TFDS_DATA_DIR=shapes_data_dir)
   result = subprocess.run(
-      [sys.executable, "-m", "flip.evaluate", f"--workdir={tmp_path}/run",
+      [sys.executable, "-m", "flip.evaluate", f"--workdir={run}",
        f"--json={tmp_path}/metrics.json"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads((tmp_path / "metrics.json").read_text())
-  assert got["step"] == 10
+  assert got["step"] == 20
   for key in ("zeroshot/acc1", "retrieval/text_retrieval_recall@1",
               "retrieval/image_retrieval_recall@10"):
     assert got[key] == pytest.approx(summary[key], abs=1e-6), key
@@ -195,13 +196,13 @@ def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_d
   write_shapes_as_clip_benchmark_sets(shapes_data_dir, str(tmp_path / "cb"))
   (tmp_path / "tasks.py").write_text(TASKS.format(data_dir=shapes_data_dir))
   result = subprocess.run(
-      [sys.executable, "-m", "flip.benchmark_suite", f"--workdir={tmp_path}/run",
+      [sys.executable, "-m", "flip.benchmark_suite", f"--workdir={run}",
        f"--tasks={tmp_path}/tasks.py", f"--tasks.wds_root={tmp_path}/cb",
        f"--output={tmp_path}/table"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   table = json.loads((tmp_path / "table" / "results.json").read_text())
-  assert table["step"] == 10
+  assert table["step"] == 20
   rows = {row["task"]: row for row in table["rows"]}
   assert rows["imagenet"]["status"].startswith("missing: ")
   for tfds_task, wds_task, keys in (

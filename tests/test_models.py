@@ -76,7 +76,7 @@ def tiny_model():
 def init(model, size=16):
   images = jax.random.normal(jax.random.key(1), (3, size, size, 3))
   tokens = jax.random.randint(jax.random.key(2), (3, 32), 1, 100)
-  params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, tokens)["params"])
   return params, images, tokens
 
 
@@ -91,7 +91,7 @@ def test_mask_zero_equals_no_masking():
   encoder = transformer.Encoder(depth=2, num_heads=2)  # default TowerOptions
   x = jax.random.normal(jax.random.key(4), (3, 16, 32))
   shuffled, _ = vit.random_masking(x, jax.random.key(5), 0.0)
-  ep = encoder.init(jax.random.key(0), x)
+  ep = jax.jit(encoder.init)(jax.random.key(0), x)
   np.testing.assert_allclose(encoder.apply(ep, x).mean(1), encoder.apply(ep, shuffled).mean(1),
                              atol=1e-5)
 
@@ -212,7 +212,7 @@ def test_masking_never_drops_the_class_token():
                           class_token=True, posemb="learned", ln_pre=True, patch_bias=False,
                           pool="cls", pixel_stats="openai")
   images = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
-  params = nn.unbox(tower.init(jax.random.key(1), images)["params"])
+  params = nn.unbox(jax.jit(tower.init)(jax.random.key(1), images)["params"])
   assert params["pos_embed"].shape == (17, 32) and "bias" not in params["patch_embed"]
   for ratio in (0.0, 0.5, 0.9):
     out, state = tower.apply({"params": params}, images, ratio, rngs={"mask": jax.random.key(2)},

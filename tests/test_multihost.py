@@ -36,10 +36,13 @@ def free_port() -> int:
 
 
 def process_env(devices: int, **extra: str) -> dict[str, str]:
-  """The environment of one process: its own simulated CPU devices, no inherited JAX settings."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and k not in DISTRIBUTED_ENV}
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2", **extra)
+  """The environment of one process: its own simulated CPU devices, no inherited settings of the
+  distributed run (the test session's compile flags are kept)."""
+  env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+  flags = [f for f in env.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env.update(XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
   return env
 
 

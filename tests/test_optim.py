@@ -51,8 +51,8 @@ def test_decay_mask_on_real_model():
   c.model.text.update(depth=1, width=32, num_heads=2, vocab_size=50)
   c.model.embed_dim = 8
   model = flip_lib.from_config(c.model)
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
-                               jnp.zeros((1, 32), jnp.int32))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
+                                        jnp.zeros((1, 32), jnp.int32))["params"])
   flat = {optim.path_str(p): m for p, m in
           jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]}
   decayed = {k for k, m in flat.items() if m}

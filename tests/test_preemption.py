@@ -16,6 +16,7 @@ from flip import errors
 from flip import lock
 from flip import train
 from flip.data import pipeline
+from conftest import STRAIGHT_RUN
 from test_train import ROOT, final_params, local_config
 
 pytestmark = pytest.mark.slow  # training loops and subprocess runs of flip.main
@@ -36,15 +37,14 @@ def signal_at_batch(monkeypatch, signum, batch):
 
 
 def test_signals_stop_with_a_checkpoint_and_the_resumed_run_is_exact(shapes_data_dir, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, straight_run):
   """SIGTERM during step 5, then SIGINT during step 8 of the resumed run: each saves its step
   with the input position and ends with errors.Interrupted; the final parameters equal an
   uninterrupted run's, bit for bit."""
   assert threading.current_thread() is threading.main_thread()
-  overrides = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {},
-               "log_every_steps": 1}
+  overrides = dict(STRAIGHT_RUN, log_every_steps=1)
   straight = local_config(shapes_data_dir, **overrides)
-  train.train_and_evaluate(straight, str(tmp_path / "straight"))
+  straight_dir, _ = straight_run  # the same settings, logged less often
 
   workdir = str(tmp_path / "stopped")
   for signum, batch, step in ((signal.SIGTERM, 5, 5), (signal.SIGINT, 3, 8)):
@@ -62,7 +62,7 @@ def test_signals_stop_with_a_checkpoint_and_the_resumed_run_is_exact(shapes_data
     assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # restored
   resumed = train.train_and_evaluate(local_config(shapes_data_dir, **overrides), workdir)
   assert resumed["step"] == 12
-  want, _ = final_params(str(tmp_path / "straight"), straight)
+  want, _ = final_params(straight_dir, straight)
   got, _ = final_params(workdir, straight)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -59,7 +59,11 @@ def one_device():
   return run(small_config(), jax.devices()[:1])
 
 
-MESHES = [dict(data=8), dict(fsdp=8), dict(data=4, model=2), dict(data=2, fsdp=2, model=2)]
+# Compiled training steps (seconds each on a CPU): the mesh of every axis at once is in the fast
+# tier, the others, remat, mixed precision and the memory report in the slow one.
+SLOW = pytest.mark.slow
+MESHES = [pytest.param(dict(data=8), marks=SLOW), pytest.param(dict(fsdp=8), marks=SLOW),
+          pytest.param(dict(data=4, model=2), marks=SLOW), dict(data=2, fsdp=2, model=2)]
 
 
 @pytest.mark.parametrize("mesh", MESHES, ids=str)
@@ -130,6 +134,7 @@ def no_remat():
   return grads_and_memory(small_config(depth=4))
 
 
+@SLOW
 @pytest.mark.parametrize("policy", ["dots", "full"])
 def test_remat_keeps_gradients_and_saves_memory(policy, no_remat):
   c = small_config(depth=4)
@@ -154,6 +159,7 @@ def test_remat_per_tower_changes_only_that_tower():
   assert model.image.options.scan == model.text.options.scan == c.model.scan_layers
 
 
+@SLOW
 def test_bfloat16_compute_keeps_float32_master_weights(no_remat):
   c = small_config(depth=4, dtype="bfloat16")
   value, grads, report, state = grads_and_memory(c)
@@ -177,6 +183,7 @@ def test_bfloat16_compute_keeps_float32_master_weights(no_remat):
   assert len(bf16) == 2 * 7 + 1 and len(dots) == len(bf16) + 2 + 2, dots
 
 
+@SLOW
 def test_memory_report_counts_sharded_state():
   """Per-device parameter bytes shrink with fsdp (ZeRO), activations stay split over the batch
   (as with data parallelism), and the report adds up."""

@@ -224,6 +224,7 @@ def test_webp_and_png_images_decode(tmp_path):
 
 # --- determinism and resumption ------------------------------------------------------------
 
+@pytest.mark.slow  # 4 pipelines, 96 batches
 def test_stream_resumes_exactly_across_epochs(tmp_path):
   """Stopping after k batches and resuming from the saved state gives the same keys and pixels."""
   shards = fx.write_shards(str(tmp_path), num_shards=5, per_shard=7)
@@ -251,6 +252,7 @@ def test_stream_resumes_exactly_across_epochs(tmp_path):
         sum(int(b["_skipped"].sum()) for b in full)
 
 
+@pytest.mark.slow  # 2 pipelines over 2 sources
 def test_mixture_follows_weights_and_resumes(tmp_path, shapes_data_dir):
   a = fx.write_shards(str(tmp_path / "a"), num_shards=2, per_shard=20, broken=False)
   spec = f"wds:{tmp_path}/a?weight=3; tfds:flip_shapes?weight=1&data_dir={shapes_data_dir}"
@@ -323,6 +325,7 @@ def test_processes_read_disjoint_shares_that_cover_the_data(tmp_path, monkeypatc
   assert seen[0] | seen[1] == set(shards["good_keys"])
 
 
+@pytest.mark.slow  # 3 pipelines to their error
 def test_source_without_records_stops_with_a_message(tmp_path):
   import tarfile
   import tensorflow as tf

@@ -70,7 +70,7 @@ def test_trainer_accepts_a_vocabulary_built_by_build_vocab(shapes_data_dir, tmp_
   config.input.vocab_path = str(tmp_path / "vocab.txt")
   config.model.text.vocab_size = size
   config.total_steps = 2
-  config.evals.zeroshot.every_steps = 2
+  config.evals = {"zeroshot": dict(config.evals.zeroshot.to_dict(), every_steps=2)}
   summary = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["step"] == 2 and 0 <= summary["zeroshot/acc1"] <= 1
   tokens = tokenizer_lib.Tokenizer(str(tmp_path / "vocab.txt"), 32)(["a red circle"])[0]

@@ -22,11 +22,14 @@ def run_tool(args, timeout=600):
 
 
 def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path):
+  """The :local demo pretrained at 32 px (mask 0.5), evaluated on masked images, then tuned
+  unmasked from its checkpoint at 48 px (positions resampled) for 4 steps."""
   workdir = tmp_path / "two"
   out = run_tool(["tools/two_stage.py", f"--workdir={workdir}",
                   "--pretrain=configs/demo.py:local", "--tune=configs/demo_unmasked_tuning.py:local",
                   f"--pretrain.input.data_dir={shapes_data_dir}",
-                  f"--tune.input.data_dir={shapes_data_dir}", "--tune.total_steps=4"])
+                  f"--tune.input.data_dir={shapes_data_dir}", "--tune.total_steps=4",
+                  "--tune.input.image_size=48"])
   table = json.loads((workdir / "two_stage.json").read_text())
   assert list(table) == ["pretrained (mask 0.5)", "masked inference (0.5)", "unmasked tuning"]
   assert table["pretrained (mask 0.5)"]["step"] == 20 and table["unmasked tuning"]["step"] == 4
@@ -36,6 +39,7 @@ def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path)
   tuned_config = json.loads((workdir / "tune" / "config.json").read_text())
   assert tuned_config["init_from"] == str(workdir / "pretrain")
   assert tuned_config["mask_ratio"] == 0.0 and tuned_config["stage"] == "tune"
+  assert tuned_config["input"]["image_size"] == 48
 
 
 def test_two_stage_refuses_a_masked_tuning_recipe(tmp_path):

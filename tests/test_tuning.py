@@ -10,7 +10,6 @@ from flip import checkpoint
 from flip import config_lib
 from flip import pretrained
 from flip import sharding
-from flip import train
 from flip import train_step
 from flip.data import tokenizer as tokenizer_lib
 from flip.evaluation import embed
@@ -203,18 +202,5 @@ def test_masked_inference_is_an_evaluator_option(shapes_data_dir):
     suite.make_evaluator(dict(type="zeroshot", mask_ratio=1.0, **split), c, encoder)
 
 
-@pytest.mark.slow
-def test_tuning_run_starts_from_the_pretraining_run(shapes_data_dir, tmp_path):
-  """Pretrain the :local demo 10 steps at 32 px, then tune it unmasked at 48 px for 4 steps."""
-  pre = demo.get_config("local")
-  pre.update(total_steps=10, checkpoint_every_steps=10)
-  pre.input.data_dir = shapes_data_dir
-  train.train_and_evaluate(pre, str(tmp_path / "pre"))
-  tune = config_lib.load_recipe("demo_unmasked_tuning", "local")
-  tune.update(total_steps=4, checkpoint_every_steps=4, init_from=str(tmp_path / "pre"))
-  tune.input.update(data_dir=shapes_data_dir, image_size=48)
-  tune.evals.zeroshot_masked = dict(tune.evals.zeroshot.to_dict(), mask_ratio=0.5)
-  summary = train.train_and_evaluate(tune, str(tmp_path / "tune"))
-  assert summary["step"] == 4 and tune.mask_ratio == 0.0
-  assert "zeroshot/acc1" in summary and "zeroshot_masked/acc1" in summary
-  assert checkpoint.read_config(str(tmp_path / "tune")).init_from == str(tmp_path / "pre")
+# A tuning run from a pretraining run's checkpoint, end to end (32 px -> 48 px):
+# tests/test_tools_tuning.py::test_two_stage_pretrains_then_tunes_and_tabulates.

@@ -47,8 +47,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. con
                                           lock_config=False)
 _MASKS = flags.DEFINE_list("mask", ["0", "0.5", "0.75"], "Mask ratios to time.")
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch size (default: the recipe's).")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per mask ratio.")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per mask ratio.", lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.", lower_bound=0)
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 _PEER = flags.DEFINE_enum("peer", None, ["open_clip"], "Also time this implementation.")
 _PEER_MODEL = flags.DEFINE_string("peer_model", "ViT-B-16", "open_clip model name.")
@@ -115,12 +115,12 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+  jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / steps
   del state, compiled
   return {"mask_ratio": mask_ratio, "batch": batch_size, "step_s": step_s,

@@ -36,6 +36,7 @@ from flip import errors
 from flip import sharding
 from flip.data import sources as sources_lib
 from flip.data import tokenizer as tokenizer_lib
+from flip.data.sources import traced
 
 IMAGENET_MEAN = tf.constant([0.485, 0.456, 0.406]) * 255.0
 IMAGENET_STD = tf.constant([0.229, 0.224, 0.225]) * 255.0
@@ -190,7 +191,7 @@ def record_stream(source: sources_lib.Source, source_index: int, units: list[str
       order = tf.random.experimental.stateless_shuffle(order, _seed(config, source_index, epoch))
     chunk_units = tf.gather(units_t, order[c * k:tf.minimum((c + 1) * k, n)])
     ds = tf.data.Dataset.from_tensor_slices(chunk_units).interleave(
-        lambda u: sources_lib.records(source, u).map(lambda r: dict(r, unit=u)),
+        traced(lambda u: sources_lib.records(source, u).map(traced(lambda r: dict(r, unit=u)))),
         cycle_length=k, block_length=1, num_parallel_calls=k, deterministic=True)
     if inp.shuffle_buffer > 1:
       ds = ds.shuffle(inp.shuffle_buffer,
@@ -203,9 +204,9 @@ def record_stream(source: sources_lib.Source, source_index: int, units: list[str
         key=tf.constant(""), image=tf.constant(""), text=tf.constant(""),
         problem=tf.constant(CHUNK_END), unit=tf.constant(""))))
     return ds.concatenate(end).map(
-        lambda i, r: (tf.stack([tf.constant(source_index, tf.int64), epoch, c, i]), r))
+        traced(lambda i, r: (tf.stack([tf.constant(source_index, tf.int64), epoch, c, i]), r)))
 
-  return tf.data.Dataset.range(first, 2**62).flat_map(chunk)
+  return tf.data.Dataset.range(first, 2**62).flat_map(traced(chunk))
 
 
 class SkipLog:
@@ -303,7 +304,7 @@ def decode_record(position: tf.Tensor, record: dict[str, tf.Tensor],
   size = options.image_size
   batched = tf.nest.map_structure(lambda x: x[None], (position, record))
   ok = tf.data.Dataset.from_tensors(batched).map(
-      functools.partial(decode_batch, options=options)).ignore_errors()
+      traced(functools.partial(decode_batch, options=options))).ignore_errors()
   failed = tf.data.Dataset.from_tensors(dict(
       image=tf.zeros([1, size, size, 3]), text=tf.constant([""]),
       problem=tf.constant(["image file unreadable" if options.from_path else
@@ -321,10 +322,10 @@ def decode_guarded(positions: tf.Tensor, records: dict[str, tf.Tensor],
   the broken ones are marked unusable.
   """
   one_by_one = tf.data.Dataset.from_tensor_slices((positions, records)).flat_map(
-      functools.partial(decode_record, options=options))
+      traced(functools.partial(decode_record, options=options)))
   fallback = one_by_one.unbatch().batch(MICRO_BATCH)
   batch = tf.data.Dataset.from_tensors((positions, records)).map(
-      functools.partial(decode_batch, options=options)).ignore_errors()
+      traced(functools.partial(decode_batch, options=options))).ignore_errors()
   return batch.concatenate(fallback).take(1)
 
 
@@ -402,9 +403,9 @@ def example_stream(source: sources_lib.Source, source_index: int, units: list[st
   in_epoch = 0 if tuple(start[1:]) == (0, 0) else 1
   ds = record_stream(source, source_index, units, config, start).batch(MICRO_BATCH)
   # One micro-batch per inner dataset: the output keeps the input order for any cycle_length.
-  ds = ds.interleave(decode, cycle_length=max(8, os.cpu_count() or 1), block_length=1,
+  ds = ds.interleave(traced(decode), cycle_length=max(8, os.cpu_count() or 1), block_length=1,
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.scan(tf.constant([0, in_epoch], tf.int64), count).unbatch()
+  return ds.scan(tf.constant([0, in_epoch], tf.int64), traced(count)).unbatch()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,11 +527,11 @@ def _check_source(config: ml_collections.ConfigDict, source: sources_lib.Source)
   """check_sources for one source of this process."""
   units = source_units(source)
   options = DecodeOptions.of(config, source)
-  ds = tf.data.Dataset.from_tensor_slices(units[:CHECK_RECORDS]).flat_map(
-      lambda u, s=source: sources_lib.records(s, u).map(lambda r: dict(r, unit=u)))
-  ds = ds.take(CHECK_RECORDS).enumerate().map(
-      lambda i, r: (tf.stack([tf.constant(0, tf.int64), 0, 0, i]), r)).batch(MICRO_BATCH)
-  ds = ds.flat_map(functools.partial(decode_guarded, options=options))
+  ds = tf.data.Dataset.from_tensor_slices(units[:CHECK_RECORDS]).flat_map(traced(
+      lambda u, s=source: sources_lib.records(s, u).map(traced(lambda r: dict(r, unit=u)))))
+  ds = ds.take(CHECK_RECORDS).enumerate().map(traced(
+      lambda i, r: (tf.stack([tf.constant(0, tf.int64), 0, 0, i]), r))).batch(MICRO_BATCH)
+  ds = ds.flat_map(traced(functools.partial(decode_guarded, options=options)))
   problems: collections.Counter = collections.Counter()
   try:
     for mb in ds.as_numpy_iterator():
@@ -595,11 +596,11 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.To
   else:
     # The source of the n-th example is a stateless draw seeded by n: resumable, like the rest.
     logits = tf.math.log(tf.constant([s.weight for s in sources], tf.float32))[None]
-    choice = tf.data.Dataset.range(state.consumed, 2**62).map(
-        lambda n: tf.random.stateless_categorical(logits, 1, _seed(config, -1, n))[0, 0])
+    choice = tf.data.Dataset.range(state.consumed, 2**62).map(traced(
+        lambda n: tf.random.stateless_categorical(logits, 1, _seed(config, -1, n))[0, 0]))
     ds = tf.data.Dataset.choose_from_datasets(streams, choice)
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map(lambda b: dict(b, text=tokenizer.tokenize(b["text"])),
+  ds = ds.map(traced(lambda b: dict(b, text=tokenizer.tokenize(b["text"]))),
               num_parallel_calls=tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True

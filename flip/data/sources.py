@@ -340,8 +340,16 @@ def _tfds_records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:
     key = tf.strings.regex_replace(filename, r".*/", "") + ":" + tf.strings.as_string(index)
     return {"key": key, "image": image, "text": text, "problem": tf.constant("")}
 
-  return tf.data.TFRecordDataset(filename).skip(skip).take(take).enumerate(skip).map(parse_example)
+  return (tf.data.TFRecordDataset(filename).skip(skip).take(take).enumerate(skip)
+          .map(traced(parse_example)))
 
+
+
+def traced(fn):
+  """`fn`, for a tf.data transformation (map, flat_map, interleave, scan), traced as written:
+  the pipeline's functions branch with tf.cond on tensors and in Python only on static shapes,
+  dtypes and options, so AutoGraph's source rewrite, seconds of every run's start-up, is skipped."""
+  return tf.autograph.experimental.do_not_convert(fn)
 
 
 def records(source: Source, unit: tf.Tensor) -> tf.data.Dataset:

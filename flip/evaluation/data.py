@@ -186,7 +186,7 @@ class TfdsSplit(Split):
       out["image"] = pipeline.normalize(pipeline.center_crop(image, size))
       return out
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(chunk).prefetch(2)
+    return ds.map(sources.traced(prepare), num_parallel_calls=tf.data.AUTOTUNE).batch(chunk).prefetch(2)
 
   def class_names(self) -> list[str]:
     feature = sources.feature(self.builder.info.features, self.label_key)
@@ -328,7 +328,7 @@ class WdsSplit(Split):
       return {"image": pipeline.normalize(pipeline.center_crop(pipeline.decode(image), size)),
               name: value}
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(sources.traced(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.ignore_errors().batch(chunk).prefetch(2)
 
   def _finished(self, count: int) -> None:
