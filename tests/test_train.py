@@ -210,6 +210,7 @@ import json
 import tensorflow as tf
 tf.config.set_visible_devices([], "GPU")
 from flip import train
+from flip.configs import demo
 config = demo.get_config()
 config.input.data_dir = {shapes_data_dir!r}
 config.total_steps = config.checkpoint_every_steps = 100
