@@ -89,6 +89,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
       templates=("a photo of a {}.",))})
   for ev in c.evals.values():
     ev.every_steps = 10
+    if ev.get("type") == "linear_probe":  # a smoke run's probe: 1,000 training images at most
+      ev.max_train_examples = min(ev.get("max_train_examples") or 1000, 1000)
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

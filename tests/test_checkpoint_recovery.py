@@ -125,7 +125,8 @@ def tiny_filesystem_command():
 
 def test_a_full_disk_stops_training_at_the_failed_save(trained, tmp_path):
   """The workdir on a tmpfs with room for one checkpoint: the second save (step 10) fails, the
-  run stops within that save interval with one line, and checkpoint 5 is intact."""
+  run stops with one line no later than the next save (step 15: a background save on a busy
+  machine can take the whole interval to fail), and checkpoint 5 is intact."""
   prefix = tiny_filesystem_command()
   if prefix is None:
     pytest.skip("no private mount namespace here (unshare -m) to mount a small tmpfs")
@@ -149,5 +150,5 @@ def test_a_full_disk_stops_training_at_the_failed_save(trained, tmp_path):
   assert "the newest complete checkpoint, step 5, is intact" in last, last
   steps = [int(line.split("step ")[1].split("/")[0]) for line in result.stderr.splitlines()
            if "step " in line and "/20 (" in line]
-  assert steps and 10 <= max(steps) < 15, steps  # stopped before the next save was due
+  assert steps and 10 <= max(steps) <= 15, steps  # stopped at the latest at the next save
   assert final_params(str(copy), trained[1])[1] == 5

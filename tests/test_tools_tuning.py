@@ -22,17 +22,18 @@ def run_tool(args, timeout=600):
 
 
 def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path):
-  """The :local demo pretrained at 32 px (mask 0.5), evaluated on masked images, then tuned
-  unmasked from its checkpoint at 48 px (positions resampled) for 4 steps."""
+  """The :local demo pretrained at 32 px (mask 0.5) for 10 steps, evaluated on masked images,
+  then tuned unmasked from its checkpoint at 48 px (positions resampled) for 4 steps."""
   workdir = tmp_path / "two"
   out = run_tool(["tools/two_stage.py", f"--workdir={workdir}",
                   "--pretrain=configs/demo.py:local", "--tune=configs/demo_unmasked_tuning.py:local",
                   f"--pretrain.input.data_dir={shapes_data_dir}",
                   f"--tune.input.data_dir={shapes_data_dir}", "--tune.total_steps=4",
+                  "--pretrain.total_steps=10",
                   "--tune.input.image_size=48"])
   table = json.loads((workdir / "two_stage.json").read_text())
   assert list(table) == ["pretrained (mask 0.5)", "masked inference (0.5)", "unmasked tuning"]
-  assert table["pretrained (mask 0.5)"]["step"] == 20 and table["unmasked tuning"]["step"] == 4
+  assert table["pretrained (mask 0.5)"]["step"] == 10 and table["unmasked tuning"]["step"] == 4
   for column in table.values():
     assert 0 <= column["zeroshot/acc1"] <= 1 and "retrieval/text_retrieval_recall@1" in column
   assert "zeroshot/acc1" in out and "unmasked tuning" in out
@@ -55,7 +56,7 @@ def test_tradeoff_writes_table_curve_and_plot(shapes_data_dir, tmp_path):
             "--tune=configs/demo_unmasked_tuning.py:local",
             f"--config.input.data_dir={shapes_data_dir}",
             f"--tune.input.data_dir={shapes_data_dir}", "--budget_s=3", "--masks=0,0.75",
-            "--calib_steps=6", "--evals=2", f"--workdir={tmp_path / 'runs'}", f"--out={out}"])
+            "--calib_steps=4", "--evals=2", f"--workdir={tmp_path / 'runs'}", f"--out={out}"])
   rows = json.loads(out.with_suffix(".json").read_text())["rows"]
   assert [r["mask_ratio"] for r in rows] == [0.0, 0.75]
   for r in rows:
