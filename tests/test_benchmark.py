@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from flip import hostmem
+from flip import machine
 
 pytestmark = pytest.mark.slow  # subprocess runs of tools/benchmark.py and tools/plan_memory.py
 
@@ -47,6 +48,7 @@ def test_benchmark_reports_each_mask_ratio_with_mfu(tmp_path):
   assert rows[1]["flops_ratio"] < 0.75
   peak = table["measured_peak"]["flops_per_s"]
   assert peak > 0 and table["datasheet_peak"] is None  # a CPU has no datasheet entry
+  assert table["cpu_model"] == machine.cpu_model() and table["cpu_count"] == os.cpu_count()
   for r in rows:
     # MFU: the analytic model FLOP/s per device over the matmul peak measured in the same run.
     assert r["mfu"] == pytest.approx(

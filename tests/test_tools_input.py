@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from flip import config_lib
+from flip import machine
 from flip.data import pipeline
 from flip.data import tokenizer as tokenizer_lib
 
@@ -45,7 +46,9 @@ def test_input_benchmark_reports_images_per_second_per_core(tmp_path):
   out = tool("benchmark_input", "--num_images=64", "--batch=16", "--batches=2", "--warmup=1",
              "--image_size=64", "--threads=0,1", f"--json={tmp_path}/r.json")
   assert "per core" in out
-  rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+  result = json.loads((tmp_path / "r.json").read_text())
+  assert result["cpu_model"] == machine.cpu_model() and result["cores"] == os.cpu_count()
+  rows = result["rows"]
   assert [r["threads"] for r in rows] == [os.cpu_count(), 1]
   assert all(r["images_per_s"] > 0 for r in rows)
   assert rows[1]["images_per_s_per_core"] == rows[1]["images_per_s"]

@@ -24,6 +24,7 @@ the machine is doing.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from absl import flags
@@ -38,6 +39,7 @@ from flip import config_lib
 from flip import errors
 from flip import flops as flops_lib
 from flip import hostmem
+from flip import machine
 from flip import sharding
 from flip import train_step
 from flip.models import transformer
@@ -185,7 +187,8 @@ def main(argv):
   device = jax.devices()[0]
   dtype = config.model.dtype
   devices = jax.device_count()
-  print(f"devices: {devices} x {device.device_kind} ({jax.default_backend()}); batch "
+  print(f"devices: {devices} x {device.device_kind} ({jax.default_backend()}; CPU "
+        f"{machine.cpu_model()}, {os.cpu_count()} cores); batch "
         f"{config.input.global_batch_size}; image {config.input.image_size}px / patch "
         f"{config.model.image.patch_size}; {dtype}; scan {config.model.scan_layers}; remat "
         f"{config.model.image.remat}/{config.model.text.remat}; {_STEPS.value} timed steps "
@@ -218,7 +221,7 @@ def main(argv):
     add_flops(r, shape, peak["flops_per_s"], datasheet, devices)
   add_ratios(rows)
   print_table("FLIP (this codebase)", rows, datasheet is not None)
-  result = {"device": device.device_kind, "backend": jax.default_backend(),
+  result = {"device": device.device_kind, "backend": jax.default_backend(), **machine.describe(),
             "device_count": devices, "dtype": dtype, "huge_pages": hostmem.active(),
             "scan_layers": bool(config.model.scan_layers),
             "remat": [config.model.image.remat, config.model.text.remat],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 
@@ -28,6 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from flip import cli
+from flip import machine
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe (file or name).",
                                           lock_config=False)
@@ -38,15 +38,6 @@ _JSON = flags.DEFINE_string("json", None, "Also write the results here.")
 flags.mark_flags_as_required(["config"])
 
 IMAGENET_IMAGES, IMAGENET_PROMPTS = 50_000, 1000 * 80
-
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-  return next((line.split(":", 1)[1].strip() for line in out.splitlines()
-               if line.startswith("Model name")), "unknown")
 
 
 def write_set(root: str, n: int, seed: int = 0) -> None:
@@ -122,7 +113,7 @@ def main(argv):
       "image_tower": {k: config.model.image[k] for k in ("depth", "width", "patch_size")},
       "image_size": config.input.image_size, "dtype": config.model.dtype,
       "device_kind": device.device_kind, "platform": device.platform,
-      "devices": jax.device_count(), "cpu_model": cpu_model(), "batch": embedder.batch_size,
+      "devices": jax.device_count(), "cpu_model": machine.cpu_model(), "batch": embedder.batch_size,
       "images": _IMAGES.value, "prompts": _PROMPTS.value,
       "images_per_s": round(image_rate, 2), "prompts_per_s": round(prompt_rate, 2),
       "imagenet_zeroshot_estimate_s": round(seconds, 1),

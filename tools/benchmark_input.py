@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from flip import cli
 from flip import config_lib
+from flip import machine
 from flip.data import pipeline
 from flip.data import shard_writer
 from flip.data import tokenizer as tokenizer_lib
@@ -92,6 +93,7 @@ def measure(config, threads: int, batches: int, warmup: int) -> float:
 def main(argv):
   del argv
   cores = os.cpu_count() or 1
+  print(f"CPU: {machine.cpu_model()}, {cores} cores")
   with tempfile.TemporaryDirectory() as tmp:
     data = _DATA.value
     if not data:
@@ -111,7 +113,8 @@ def main(argv):
             f"({_IMAGE_SIZE.value} px, batch {_BATCH.value})")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump({"data": _DATA.value or "synthetic", "cores": cores, "rows": rows}, f, indent=2)
+      json.dump({"data": _DATA.value or "synthetic", "cores": cores, **machine.describe(),
+                 "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
