@@ -22,7 +22,6 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

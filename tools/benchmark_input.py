@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
 import numpy as np

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 
 import tensorflow as tf
