@@ -13,7 +13,8 @@ import subprocess
 MATRIX_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
 
 
-def _lscpu_field(text: str, name: str) -> str | None:
+def _field(text: str, name: str) -> str | None:
+  """The value of `name: value` lines (lscpu's and /proc/cpuinfo's format)."""
   for line in text.splitlines():
     key, _, value = line.partition(":")
     if key.strip() == name and value.strip():
@@ -37,12 +38,12 @@ def cpu_model() -> str:
                          timeout=10).stdout
   except (OSError, subprocess.SubprocessError):
     out = ""
-  return _lscpu_field(out, "Model name") or _lscpu_field(_cpuinfo(), "model name") or "unknown"
+  return _field(out, "Model name") or _field(_cpuinfo(), "model name") or "unknown"
 
 
 def matrix_features() -> list[str]:
   """Which of MATRIX_FLAGS this CPU reports (empty where /proc/cpuinfo is unreadable)."""
-  flags = set((_lscpu_field(_cpuinfo(), "flags") or "").split())
+  flags = set((_field(_cpuinfo(), "flags") or "").split())
   return [f for f in MATRIX_FLAGS if f in flags]
 
 

@@ -24,7 +24,6 @@ the machine is doing.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from absl import flags
@@ -187,8 +186,9 @@ def main(argv):
   device = jax.devices()[0]
   dtype = config.model.dtype
   devices = jax.device_count()
+  host = machine.describe()
   print(f"devices: {devices} x {device.device_kind} ({jax.default_backend()}; CPU "
-        f"{machine.cpu_model()}, {os.cpu_count()} cores); batch "
+        f"{host['cpu_model']}, {host['cpu_count']} cores); batch "
         f"{config.input.global_batch_size}; image {config.input.image_size}px / patch "
         f"{config.model.image.patch_size}; {dtype}; scan {config.model.scan_layers}; remat "
         f"{config.model.image.remat}/{config.model.text.remat}; {_STEPS.value} timed steps "
@@ -221,7 +221,7 @@ def main(argv):
     add_flops(r, shape, peak["flops_per_s"], datasheet, devices)
   add_ratios(rows)
   print_table("FLIP (this codebase)", rows, datasheet is not None)
-  result = {"device": device.device_kind, "backend": jax.default_backend(), **machine.describe(),
+  result = {"device": device.device_kind, "backend": jax.default_backend(), **host,
             "device_count": devices, "dtype": dtype, "huge_pages": hostmem.active(),
             "scan_layers": bool(config.model.scan_layers),
             "remat": [config.model.image.remat, config.model.text.remat],

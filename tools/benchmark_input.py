@@ -14,7 +14,6 @@ caption.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 
@@ -91,8 +90,9 @@ def measure(config, threads: int, batches: int, warmup: int) -> float:
 
 def main(argv):
   del argv
-  cores = os.cpu_count() or 1
-  print(f"CPU: {machine.cpu_model()}, {cores} cores")
+  host = machine.describe()
+  cores = host["cpu_count"]
+  print(f"CPU: {host['cpu_model']}, {cores} cores")
   with tempfile.TemporaryDirectory() as tmp:
     data = _DATA.value
     if not data:
@@ -112,7 +112,7 @@ def main(argv):
             f"({_IMAGE_SIZE.value} px, batch {_BATCH.value})")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
-      json.dump({"data": _DATA.value or "synthetic", "cores": cores, **machine.describe(),
+      json.dump({"data": _DATA.value or "synthetic", "cores": cores, **host,
                  "rows": rows}, f, indent=2)
 
 
