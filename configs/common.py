@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from flip import config_lib
 from flip import errors
 
 # The paper's Table 9: patch size, image tower (layers, width, heads), text tower, embedding dim.
@@ -94,7 +95,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """A recipe's `:arg`: a comma list of `local` (shrink_for_cpu) and `mask=<ratio>`."""
+  """A recipe's `:arg`: a comma list of `local` (shrink_for_cpu) and `mask=<ratio>`; then its
+  evaluators completed with their defaults (config_lib.complete_evals). Every recipe ends with it."""
   args = parse_arg(arg)
   unknown = set(args) - {"local", "mask"}
   if unknown:
@@ -109,4 +111,5 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
           f"mask={args['mask']!r} in the config arg is not a number.") from None
   if "local" in args:
     shrink_for_cpu(c)
+  config_lib.complete_evals(c)  # every evaluator option overridable: --config.evals.NAME.OPTION
   return c

@@ -82,6 +82,13 @@ EVALUATORS = {
 }
 
 
+# What a command-line override of an evaluator option (--config.evals.NAME.OPTION=VALUE) is
+# parsed as, for the options whose default is None or that take values of several kinds (a
+# name or a list); the others keep their default's type.
+_OPTION_TYPES = dict(data_dir=str, max_examples=int, max_test_examples=int, val_split=str,
+                     templates=object, class_names=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every field a recipe may set, with the paper's defaults (its Table 9 and training recipe)."""
   c = ml_collections.ConfigDict()
@@ -389,6 +396,21 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
         f"config.input.prefetch_to_device={config.input.prefetch_to_device} must be >= 0 (the "
         "batches sent ahead; 0 sends each when it is needed).")
+
+
+def complete_evals(config: ml_collections.ConfigDict) -> None:
+  """A recipe's evaluators (config.evals) checked and completed with their types' defaults, each
+  option a typed field, so that every option can be overridden on the command line
+  (`--config.evals.zeroshot.max_examples=300`), also those the recipe leaves to the defaults."""
+  evals = {}
+  for name, options in config.evals.items():
+    if isinstance(options, ml_collections.ConfigDict):
+      options = options.to_dict()
+    evals[name] = ml_collections.ConfigDict({
+        key: (config_dict.FieldReference(value, field_type=_OPTION_TYPES[key])
+              if key in _OPTION_TYPES else value)
+        for key, value in resolve_evaluator(name, options).items()})
+  config.evals = ml_collections.ConfigDict(evals)
 
 
 def resolve(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:

@@ -21,6 +21,9 @@ does not start the distributed system; the settings themselves are left to JAX.
 The processes then form one JAX system: jax.devices() lists every process's devices, the mesh
 spans them all, each process feeds its share of the global batch, and checkpoints are written
 by all processes together (orbax); config.json and the TensorBoard events come from process 0.
+
+The functions import JAX, the module does not: every entry point imports it for its flags and
+then restarts itself once (flip/hostmem.py) before JAX is needed.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-import jax
 from absl import flags
 from absl import logging
 
@@ -253,6 +255,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   docstring); with none of them set, JAX's own cluster detection decides (TPU pod, SLURM,
   Open MPI). A single process on its own does nothing here.
   """
+  import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
   if jax.distributed.is_initialized():
     _log_topology()
     return
@@ -303,14 +306,16 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _log_topology() -> None:
+  import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
   local, total = jax.local_device_count(), jax.device_count()
   logging.info("Process %d of %d: %d local %s device(s) of %d in all.", jax.process_index(),
                jax.process_count(), local, jax.local_devices()[0].platform, total)
 
 
-def process_flags(flag: bool) -> "np.ndarray":
-  """Every process's `flag`, as bool [process_count] (a collective with several processes, and
+def process_flags(flag: bool):
+  """Every process's `flag`, as a numpy bool array [process_count] (a collective with several processes, and
   then also a barrier; no communication with one)."""
+  import jax  # pylint: disable=g-import-not-at-top  (see the module docstring)
   import numpy as np  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return np.array([bool(flag)])

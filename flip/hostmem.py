@@ -8,7 +8,9 @@ instead (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) where the kernel hands out tra
 pages on request (`/sys/kernel/mm/transparent_hugepage/enabled` = madvise). The tunable is only
 read when a process starts, so every entry point (flip.cli.run: flip.main, flip.evaluate, the
 tools) calls `reexec_with_huge_pages()` first: it restarts the same command once with the
-tunable set. FLIP_NO_HUGEPAGES=1 turns it off. On accelerators it only affects the host side.
+tunable set. It must come before JAX or TensorFlow is imported (the restarted process imports
+them again: 4-5 s of a 2-core machine's start-up, twice): flip.main and flip.evaluate import them
+inside main, tools that import them at the top call it above those imports. FLIP_NO_HUGEPAGES=1 turns it off. On accelerators it only affects the host side.
 """
 
 from __future__ import annotations

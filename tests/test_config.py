@@ -160,6 +160,34 @@ def test_older_saved_configs_get_the_values_of_their_runs():
   assert "dataset" not in old.input and "cache" not in old.input
 
 
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # config_flags' loader
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_evaluator_option_of_every_recipe_can_be_overridden(name):
+  """--config.evals.NAME.OPTION=VALUE works for every option of every evaluator of a recipe,
+  also those the recipe leaves to the defaults (None, or of several kinds)."""
+  from absl import flags
+  from ml_collections import config_flags
+  evals = load(name, "local").evals
+  assert evals
+  values = dict(max_examples=("300", 300), max_test_examples=("7", 7), data_dir=("/d", "/d"),
+                val_split=("validation", "validation"), templates=("clip80", "clip80"),
+                class_names=("imagenet", "imagenet"))
+  for ev_name, ev in evals.items():
+    assert set(ev) == set(config_lib.EVALUATORS[ev.type]), ev_name  # completed with defaults
+    for option, (text, want) in values.items():
+      if option not in ev:
+        continue
+      argv = ["prog", f"--config={os.path.join(ROOT, 'configs', name + '.py')}:local",
+              f"--config.evals.{ev_name}.{option}={text}"]
+      fv = flags.FlagValues()  # as flip.main parses its flags (config_flags reads argv)
+      config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+      fv(argv)
+      if fv.config.stage == "tune":  # tuning recipes need the run they start from
+        fv.config.init_from = "/tmp/a_pretraining_run"
+      resolved = config_lib.resolve(fv.config)
+      assert resolved.evals[ev_name][option] == want, (ev_name, option)
+
+
 def test_config_flag_is_locked_against_typos():
   c = demo.get_config()
   c.lock()

@@ -28,6 +28,11 @@ import time
 
 from absl import flags
 from absl import logging
+
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +42,6 @@ from flip import cli
 from flip import config_lib
 from flip import errors
 from flip import flops as flops_lib
-from flip import hostmem
 from flip import machine
 from flip import sharding
 from flip import train_step

@@ -19,6 +19,10 @@ import time
 
 from absl import flags
 
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 import numpy as np
 import tensorflow as tf
 

@@ -22,6 +22,11 @@ from typing import Iterable, Iterator
 
 from absl import app
 from absl import flags
+
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 import tensorflow as tf
 from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset as bert_vocab
 

@@ -14,6 +14,10 @@ import os
 
 from absl import flags
 
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 import tensorflow as tf
 
 from flip import cli

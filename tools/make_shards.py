@@ -33,6 +33,11 @@ from typing import Callable, Iterable, Iterator
 from absl import app
 from absl import flags
 from absl import logging
+
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 from PIL import Image
 import tensorflow as tf
 

@@ -19,6 +19,11 @@ import os
 
 from absl import app
 from absl import flags
+
+from flip import hostmem
+
+hostmem.reexec_with_huge_pages()  # first: the restart (flip/hostmem.py) before JAX and TF load
+
 from ml_collections import config_flags
 import numpy as np
 
