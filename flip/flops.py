@@ -101,3 +101,26 @@ def xla_step_flops(config: ml_collections.ConfigDict, mask_ratio: float,
   cost = step_fn.lower(abstract, train_step_lib.abstract_batch(config, mesh)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+# Dense datasheet peaks in FLOP/s per device, by compute dtype. float32 matrix products run as
+# TF32 on NVIDIA GPUs and as bfloat16 passes on TPUs at JAX's default precision.
+PEAK_FLOPS = {
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
+    "H200": {"bfloat16": 989e12, "float32": 494.5e12},
+    "H100": {"bfloat16": 989e12, "float32": 494.5e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+}
+
+
+def datasheet_peak(device_kind: str, dtype: str) -> float | None:
+  """The dense datasheet peak of a device (its JAX device_kind or torch device name) at a
+  compute dtype, None where it is not listed (CPUs)."""
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in device_kind.lower():
+      return peaks[dtype]
+  return None

@@ -57,3 +57,11 @@ def report(compiled: jax.stages.Compiled, abstract_state) -> MemoryReport | None
       arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
       aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
       code=stats.generated_code_size_in_bytes)
+
+
+def fit_batch(fixed: float, per_sample: float, memory: float, fraction: float = 0.85,
+              multiple: int = 8, cap: int = 4096) -> int:
+  """The largest batch, a multiple of `multiple` and at most `cap`, with
+  fixed + per_sample * batch <= fraction * memory (0: not even `multiple` samples fit)."""
+  fitting = int((fraction * memory - fixed) // per_sample) if per_sample > 0 else cap
+  return max(0, min(cap, fitting) // multiple * multiple)

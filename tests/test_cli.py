@@ -147,7 +147,7 @@ def test_entry_points_filter_stderr_and_pass_on_a_crash():
 
 ENTRY_POINTS = ["flip.main", "flip.evaluate", "flip.benchmark_suite"] + sorted(
     f"tools/{f}" for f in os.listdir(os.path.join(ROOT, "tools"))
-    if f.endswith(".py") and f != "open_clip_peer.py")
+    if f.endswith(".py"))
 
 # Runs the entry point sys.argv[1] until it restarts itself (os.execve stubbed) and prints the
 # heavy modules loaded by then.

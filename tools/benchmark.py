@@ -9,7 +9,7 @@ synthetic batch (no input pipeline). It prints step time, images/s, the model FL
 (flip.flops, analytic) cross-checked against XLA's cost analysis of the same step, the achieved
 FLOP/s and the MFU: model FLOP/s over the device's peak. The peak is measured in the same run
 (the best of a few large matrix products at the model's compute dtype); on GPUs and TPUs whose
-datasheet peak is known (PEAK_FLOPS) that MFU is printed too. Override any recipe field the usual
+datasheet peak is known (flip/flops.py: PEAK_FLOPS) that MFU is printed too. Override any recipe field the usual
 way, e.g. --config.model.dtype=bfloat16 or --config.model.scan_layers=False.
 
 `--peer=open_clip` also times open_clip's train step (tools/open_clip_peer.py: its own ViT-B-16,
@@ -23,6 +23,7 @@ the machine is doing.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
@@ -43,6 +44,7 @@ from flip import config_lib
 from flip import errors
 from flip import flops as flops_lib
 from flip import machine
+from flip import memory as memory_lib
 from flip import sharding
 from flip import train_step
 from flip.models import transformer
@@ -51,7 +53,12 @@ import open_clip_peer  # tools/open_clip_peer.py, beside this script
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file, e.g. configs/demo.py.",
                                           lock_config=False)
 _MASKS = flags.DEFINE_list("mask", ["0", "0.5", "0.75"], "Mask ratios to time.")
-_BATCH = flags.DEFINE_integer("batch", None, "Global batch size (default: the recipe's).")
+_BATCH = flags.DEFINE_string(
+    "batch", None, "Global batch size (default: the recipe's), or 'auto': the largest batch per "
+    "device (a multiple of 8) whose train step at mask 0 fits the device memory (XLA's limit on "
+    "GPUs and TPUs, else --memory_gib), times the number of devices.")
+_MEMORY = flags.DEFINE_float("memory_gib", None, "Memory per device for --batch=auto (default: "
+                             "XLA's memory limit of the accelerator).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per mask ratio.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.", lower_bound=0)
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
@@ -59,27 +66,6 @@ _PEER = flags.DEFINE_enum("peer", None, ["open_clip"], "Also time this implement
 _PEER_MODEL = flags.DEFINE_string("peer_model", "ViT-B-16", "open_clip model name.")
 _PEER_COMPILE = flags.DEFINE_bool("peer_compile", False, "torch.compile open_clip's model.")
 flags.mark_flags_as_required(["config"])
-
-# Dense datasheet peaks in FLOP/s per device, by compute dtype. float32 matrix products run as
-# TF32 on NVIDIA GPUs and as bfloat16 passes on TPUs at JAX's default precision.
-PEAK_FLOPS = {
-    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
-    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
-    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
-    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
-    "H200": {"bfloat16": 989e12, "float32": 494.5e12},
-    "H100": {"bfloat16": 989e12, "float32": 494.5e12},
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-}
-
-
-def datasheet_peak(device_kind: str, dtype: str) -> float | None:
-  for name, peaks in PEAK_FLOPS.items():
-    if name.lower() in device_kind.lower():
-      return peaks[dtype]
-  return None
-
 
 def measured_peak(dtype: str, shapes=None) -> dict:
   """The best FLOP/s of a few large [m, k] x [k, n] products on one device, at `dtype`: 2048^3,
@@ -106,12 +92,48 @@ def measured_peak(dtype: str, shapes=None) -> dict:
   return best
 
 
+def auto_batch(config, memory: float | None, probe: int = 32) -> dict:
+  """The largest per-device batch whose train step fits `memory` bytes per device (None: XLA's
+  limit on the device), from one compile (no run) at `probe` samples per device and mask 0, the
+  most memory: the temporaries but one gradient of the parameters grow with the batch, the rest
+  (state, gradient, code) does not. That estimate was 7% below the compiled peak at 12x the probe
+  on a CPU, so 85% of the memory is filled (memory.fit_batch); the timed compiles report their
+  real peak (peak_bytes)."""
+  if memory is None:
+    stats = jax.devices()[0].memory_stats() or {}
+    memory = stats.get("bytes_limit")
+    if not memory:
+      raise errors.ConfigError("--batch=auto needs the memory per device: this device reports "
+                               "no limit (a CPU); give --memory_gib or a --batch number.")
+  mesh = sharding.make_mesh(config.mesh)
+  probe_config = copy.deepcopy(config)
+  probe_config.input.global_batch_size = probe * mesh.size
+  _, _, abstract, step_fn = train_step.build(probe_config, mesh, 0.0)
+  compiled = step_fn.lower(abstract, train_step.abstract_batch(probe_config, mesh)).compile()
+  report = memory_lib.report(compiled, abstract)
+  if report is None:
+    raise errors.ConfigError("--batch=auto: this backend reports no compiled memory; give a "
+                             "--batch number.")
+  gradient = memory_lib.per_device_bytes(abstract.params)
+  per_sample = max(report.temporaries - gradient, 1) / probe
+  fixed = report.peak - per_sample * probe
+  batch = memory_lib.fit_batch(fixed, per_sample, memory)
+  if batch == 0:
+    raise errors.ConfigError(
+        f"--batch=auto: not even 8 samples per device fit in {memory / memory_lib.GIB:.1f} GiB "
+        f"(state and code {fixed / memory_lib.GIB:.1f} GiB); shard the state "
+        "(--config.mesh.fsdp) or turn on remat (--config.model.image.remat=full).")
+  return {"per_device_batch": batch, "devices": mesh.size, "memory_bytes": memory,
+          "probe_batch": probe, "probe_peak_bytes": report.peak, "fixed_bytes": fixed,
+          "per_sample_bytes": per_sample}
+
+
 def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, float]:
   """Compiles and times flip.train_step.train_step for one mask ratio on a synthetic batch."""
   mesh = sharding.make_mesh(config.mesh)
   batch_size = config.input.global_batch_size
   sharding.check_batch(batch_size, mesh)
-  _, init_fn, _, step_fn = train_step.build(config, mesh, mask_ratio)
+  _, init_fn, abstract, step_fn = train_step.build(config, mesh, mask_ratio)
 
   rng = np.random.default_rng(0)
   size, text_len = config.input.image_size, config.input.text_len
@@ -124,6 +146,7 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
+  report = memory_lib.report(compiled, abstract)
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
@@ -135,6 +158,7 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   del state, compiled
   return {"mask_ratio": mask_ratio, "batch": batch_size, "step_s": step_s,
           "images_per_s": batch_size / step_s, "compile_s": compile_s,
+          "peak_bytes": report.peak if report else None,
           "xla_flops_per_step": flops_lib.xla_step_flops(config, mask_ratio, mesh)}
 
 
@@ -176,11 +200,21 @@ def print_table(title: str, rows: list[dict], datasheet: bool) -> None:
 def main(argv):
   del argv
   config = _CONFIG.value
-  if _BATCH.value:
-    config.input.global_batch_size = _BATCH.value
+  if _BATCH.value and _BATCH.value != "auto":
+    try:
+      config.input.global_batch_size = int(_BATCH.value)
+    except ValueError:
+      raise errors.ConfigError(f"--batch={_BATCH.value!r}: give a number or 'auto'.") from None
   if not config.input.data:  # the paper recipes name none; the benchmark reads no data
     config.input.data = "tfds:synthetic"
   config = config_lib.resolve(config)
+  fitted = None
+  if _BATCH.value == "auto":
+    fitted = auto_batch(config, _MEMORY.value * memory_lib.GIB if _MEMORY.value else None)
+    config.input.global_batch_size = fitted["per_device_batch"] * fitted["devices"]
+    print(f"--batch=auto: {fitted['per_device_batch']} per device fit in "
+          f"{fitted['memory_bytes'] / memory_lib.GIB:.1f} GiB (probe at {fitted['probe_batch']}: "
+          f"peak {fitted['probe_peak_bytes'] / memory_lib.GIB:.2f} GiB)", flush=True)
   if _PEER.value == "open_clip":
     open_clip_peer.require()
     if jax.device_count() > 1 or jax.default_backend() == "tpu":
@@ -199,7 +233,7 @@ def main(argv):
         f"per mask ratio; huge pages {hostmem.active()}")
 
   peak = measured_peak(dtype)
-  datasheet = datasheet_peak(device.device_kind, dtype)
+  datasheet = flops_lib.datasheet_peak(device.device_kind, dtype)
   print(f"measured matmul peak: {peak['flops_per_s'] / 1e12:.3f} TFLOP/s per device "
         f"({dtype}, {peak['shape']})" + (f"; datasheet {datasheet / 1e12:.1f} TFLOP/s"
                                          if datasheet else ""), flush=True)
@@ -227,9 +261,12 @@ def main(argv):
   print_table("FLIP (this codebase)", rows, datasheet is not None)
   result = {"device": device.device_kind, "backend": jax.default_backend(), **host,
             "device_count": devices, "dtype": dtype, "huge_pages": hostmem.active(),
+            "batch": config.input.global_batch_size, "image_size": config.input.image_size,
+            "text_len": config.input.text_len, "attention": config.model.attention,
             "scan_layers": bool(config.model.scan_layers),
             "remat": [config.model.image.remat, config.model.text.remat],
-            "measured_peak": peak, "datasheet_peak": datasheet, "rows": rows}
+            "measured_peak": peak, "datasheet_peak": datasheet, "auto_batch": fitted,
+            "rows": rows}
   if peer_rows:
     peer_shape = open_clip_peer.clip_shape(_PEER_MODEL.value, config.input.image_size,
                                            config.input.text_len)

@@ -8,16 +8,25 @@ model name it knows) with `patch_dropout` = the mask ratio and the text context 
 length, so both sides do the same work per image; no pretrained weights are read.
 
 Needs `pip install -r requirements-peer.txt` (torch, torchvision, open-clip-torch).
+
+On its own (tools/benchmark_gpu.py runs it so, in a process of its own beside ours: JAX and
+torch then do not share the GPU's memory):
+
+  python tools/open_clip_peer.py --model=ViT-L-16 --batch=512 --device=cuda --bfloat16 \
+      --compile [--mask=0,0.5,0.75] [--steps=10] [--warmup=3] [--json=FILE]
+
+A batch that runs out of device memory is halved until it fits (the row says so); MFU is
+against the datasheet peak of the GPU (flip/flops.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import time
 
 from flip import errors
-from flip import flops
 
 
 def available() -> bool:
@@ -114,10 +123,11 @@ def time_step(model_name: str, batch: int, mask_ratio: float, image_size: int, t
           "bfloat16": bfloat16}
 
 
-def clip_shape(model_name: str, image_size: int, text_len: int) -> flops.ClipShape:
-  """The open_clip model's shape for the analytic FLOPs count: a class token, and every patch is
-  embedded before patch dropout."""
+def clip_shape(model_name: str, image_size: int, text_len: int):
+  """The open_clip model's shape for the analytic FLOPs count (flip.flops.ClipShape): a class
+  token, and every patch is embedded before patch dropout."""
   import open_clip  # pylint: disable=g-import-not-at-top
+  from flip import flops  # pylint: disable=g-import-not-at-top
   cfg = open_clip.get_model_config(model_name)
   if cfg is None:
     raise errors.ConfigError(f"open_clip does not know the model {model_name!r}; "
@@ -129,3 +139,82 @@ def clip_shape(model_name: str, image_size: int, text_len: int) -> flops.ClipSha
       text_len=text_len, text_width=text["width"], text_depth=text["layers"],
       text_mlp_dim=int(text["width"] * text.get("mlp_ratio", 4)), embed_dim=cfg["embed_dim"],
       class_token=True, embed_after_masking=False)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+def time_step_fitting(model_name: str, batch: int, mask_ratio: float, **kwargs) -> dict:
+  """time_step at `batch`, halved until a step fits the device's memory; the row's "batch" is
+  the one timed and "out_of_memory_at" lists the batches that did not fit."""
+  too_big = []
+  while True:
+    try:
+      row = time_step(model_name, batch, mask_ratio, **kwargs)
+      row["out_of_memory_at"] = too_big
+      return row
+    except (RuntimeError, MemoryError) as e:
+      if not _out_of_memory(e) or batch <= 1:
+        raise
+      import torch  # pylint: disable=g-import-not-at-top
+      too_big.append(batch)
+      batch //= 2
+      if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from flip import flops  # pylint: disable=g-import-not-at-top
+  del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  require()
+  logging.set_verbosity(logging.WARNING)  # open_clip logs each model creation at INFO
+  import torch  # pylint: disable=g-import-not-at-top
+  device_name = torch.cuda.get_device_name() if f.device == "cuda" else "cpu"
+  dtype = "bfloat16" if f.bfloat16 else "float32"
+  datasheet = flops.datasheet_peak(device_name, dtype)
+  shape = clip_shape(f.model, f.image_size, f.text_len)
+  rows = []
+  for mask in (float(m) for m in f.mask):
+    row = time_step_fitting(f.model, f.batch, mask, image_size=f.image_size,
+                            text_len=f.text_len, steps=f.steps, warmup=f.warmup,
+                            compile_model=f.compile, device=f.device, bfloat16=f.bfloat16)
+    model_flops = flops.step_flops(shape, mask, row["batch"])
+    row.update(model_flops_per_step=model_flops, flops_per_s=model_flops / row["step_s"],
+               mfu_datasheet=model_flops / row["step_s"] / datasheet if datasheet else None)
+    rows.append(row)
+    print(f"open_clip {f.model} mask {mask:.2f}: batch {row['batch']}, "
+          f"{1e3 * row['step_s']:.1f} ms/step, {row['images_per_s']:.1f} images/s"
+          + (f", MFU {100 * row['mfu_datasheet']:.1f}%" if datasheet else "")
+          + (f" (out of memory at {row['out_of_memory_at']})" if row["out_of_memory_at"] else ""),
+          flush=True)
+  result = {"name": "open_clip", "model": f.model, "device": device_name, "dtype": dtype,
+            "datasheet_peak": datasheet, "rows": rows}
+  if f.json:
+    with open(f.json, "w") as out:
+      json.dump(result, out, indent=2)
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("model", "ViT-B-16", "open_clip model name.")
+  flags.DEFINE_integer("batch", 32, "Batch size (halved while it runs out of memory).",
+                       lower_bound=1)
+  flags.DEFINE_list("mask", ["0", "0.5", "0.75"], "Mask ratios (patch_dropout) to time.")
+  flags.DEFINE_integer("image_size", 224, "Image size.")
+  flags.DEFINE_integer("text_len", 32, "Text context length.")
+  flags.DEFINE_integer("steps", 10, "Timed steps per mask ratio.", lower_bound=1)
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after the first.", lower_bound=0)
+  flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"], "torch device.")
+  flags.DEFINE_bool("bfloat16", False, "Autocast to bfloat16 (open_clip's --precision amp_bf16).")
+  flags.DEFINE_bool("compile", False, "torch.compile the model.")
+  flags.DEFINE_string("json", None, "Write the results to this JSON file.")
+
+
+if __name__ == "__main__":
+  from flip import cli  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  cli.run(main, tensorflow=False, join=False)

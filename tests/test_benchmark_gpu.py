@@ -1,0 +1,101 @@
+"""tools/benchmark_gpu.py (ours and open_clip, B/16 and L/16, on one GPU) and the batch that
+fits (tools/benchmark.py --batch=auto): the arithmetic here, the tools end to end on the CPU."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flip import memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "benchmark_gpu", os.path.join(ROOT, "tools", "benchmark_gpu.py"))
+benchmark_gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark_gpu)
+
+
+def test_fit_batch_fills_the_memory_in_multiples():
+  gib = memory.GIB
+  # 10 GiB fixed, 0.25 GiB a sample, 80 GiB: (0.85 * 80 - 10) / 0.25 = 232 -> 232.
+  assert memory.fit_batch(10 * gib, gib / 4, 80 * gib) == 232
+  assert memory.fit_batch(10 * gib, gib / 4, 80 * gib, multiple=32) == 224
+  assert memory.fit_batch(0, 1, 1e12) == 4096  # capped
+  assert memory.fit_batch(70 * gib, gib, 80 * gib) == 0  # the state alone fills 85%
+  assert memory.fit_batch(10 * gib, 0, 80 * gib) == 4096
+
+
+def _ours(mask_rows, backend="gpu"):
+  return {"backend": backend, "rows": [
+      dict(mask_ratio=m, batch=256, images_per_s=ips, mfu=0.3, mfu_datasheet=mfu)
+      for m, ips, mfu in mask_rows]}
+
+
+def _peer(mask_rows):
+  return {"rows": [dict(mask_ratio=m, batch=b, images_per_s=ips, mfu_datasheet=0.2)
+                   for m, b, ips in mask_rows]}
+
+
+def test_summary_ratios_and_goals():
+  b16 = benchmark_gpu.summarize("B/16", _ours([(0.0, 2000, 0.4), (0.5, 3900, 0.38)]),
+                                _peer([(0.0, 256, 1500), (0.5, 128, 2000)]))
+  assert [r["over_peer"] for r in b16] == [2000 / 1500, 3900 / 2000]
+  assert b16[1]["peer_batch"] == 128 and b16[0]["mfu_basis"] == "datasheet"
+  l16 = benchmark_gpu.summarize("L/16", _ours([(0.0, 700, 0.46)]), _peer([(0.0, 256, 500)]))
+  met = benchmark_gpu.goals(b16 + l16)
+  assert list(met.values()) == [True, True]
+  low = benchmark_gpu.summarize("L/16", _ours([(0.0, 600, 0.44)]), _peer([(0.0, 256, 500)]))
+  assert list(benchmark_gpu.goals(b16 + low).values()) == [False, False]  # 1.2x; MFU 44%
+  # No open_clip, no datasheet (a CPU): nothing measured for either goal.
+  cpu = benchmark_gpu.summarize("L/16", _ours([(0.0, 10, None)], "cpu"), None)
+  assert cpu[0]["mfu"] == 0.3 and cpu[0]["mfu_basis"] == "measured"
+  assert list(benchmark_gpu.goals(cpu).values()) == [None, None]
+  table = benchmark_gpu.markdown(b16)
+  assert "| B/16 | 50% | 256 (128) | 3,900 | 38.0% | 2,000 | 20.0% | 1.95x |" in table
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
+  """The driver as on a GPU, with the :local recipes (tiny towers) on this CPU: both tools run
+  in their own processes, the merged JSON has every row, and no goal is claimed."""
+  out = tmp_path / "gpu.json"
+  result = subprocess.run(
+      [sys.executable, "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
+       "--batch=8", "--steps=1", "--warmup=0", "--mask=0,0.5", f"--json={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = json.loads(out.read_text())
+  assert table["cpu_model"] and table["goals"] == {}
+  assert [r["mask_ratio"] for r in table["rows"]] == [0.0, 0.5]
+  for r in table["rows"]:
+    assert r["images_per_s"] > 0 and r["peer_images_per_s"] > 0 and r["over_peer"] > 0
+  ours, peer = table["models"]["B/16"]["ours"], table["models"]["B/16"]["peer"]
+  assert ours["dtype"] == "bfloat16" and ours["remat"] == ["none", "none"]
+  assert peer["rows"][0]["bfloat16"] and peer["rows"][0]["batch"] == 8
+  assert "no goal is checked" in result.stdout
+
+
+@pytest.mark.slow
+def test_auto_batch_fits_the_given_memory(tmp_path):
+  """--batch=auto: the largest per-device batch whose compiled step (mask 0) fits --memory_gib;
+  the timed compile's peak stays within that memory."""
+  out = tmp_path / "auto.json"
+  result = subprocess.run(
+      [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
+       "--batch=auto", "--memory_gib=0.25", "--mask=0", "--steps=1", "--warmup=0",
+       f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = json.loads(out.read_text())
+  fitted = table["auto_batch"]
+  assert fitted["per_device_batch"] % 8 == 0 and fitted["per_device_batch"] > fitted["probe_batch"]
+  assert table["batch"] == fitted["per_device_batch"] * table["device_count"]
+  assert table["rows"][0]["peak_bytes"] <= 0.25 * memory.GIB
+  # A CPU reports no memory limit: --batch=auto needs --memory_gib there.
+  bad = subprocess.run(
+      [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
+       "--batch=auto", "--mask=0", "--steps=1"], cwd=ROOT, capture_output=True, text=True,
+      timeout=600)
+  assert bad.returncode == 1 and "give --memory_gib" in bad.stderr.splitlines()[-1]
