@@ -64,12 +64,12 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   out = tmp_path / "gpu.json"
   result = subprocess.run(
       [sys.executable, "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
-       "--batch=8", "--steps=1", "--warmup=0", "--mask=0,0.5", f"--json={out}"],
+       "--batch=8", "--steps=1", "--warmup=0", "--mask=0", f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   table = json.loads(out.read_text())
   assert table["cpu_model"] and table["goals"] == {}
-  assert [r["mask_ratio"] for r in table["rows"]] == [0.0, 0.5]
+  assert [r["mask_ratio"] for r in table["rows"]] == [0.0]
   for r in table["rows"]:
     assert r["images_per_s"] > 0 and r["peer_images_per_s"] > 0 and r["over_peer"] > 0
   ours, peer = table["models"]["B/16"]["ours"], table["models"]["B/16"]["peer"]
