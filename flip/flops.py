@@ -98,7 +98,7 @@ def xla_step_flops(config: ml_collections.ConfigDict, mask_ratio: float,
   config.model.scan_layers = False
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   _, _, abstract, step_fn = train_step_lib.build(config, mesh, mask_ratio)
-  cost = step_fn.lower(abstract, train_step_lib.abstract_batch(config, mesh)).cost_analysis()
+  cost = step_fn.lower(abstract, *train_step_lib.abstract_inputs(config, mesh)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 

@@ -19,6 +19,7 @@ from flip import errors
 from flip import evaluation
 from flip import lock
 from flip import memory
+from flip import optim
 from flip import preemption
 from flip import pretrained
 from flip import sharding
@@ -118,7 +119,9 @@ def _loop(config, workdir, mesh, tokenizer, total_steps, init_rng, built, evalua
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
   # Compiled ahead of time to report its per-device memory before the first batch.
-  step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh)).compile()
+  step_fn = step_fn.lower(abstract_state,
+                          *train_step_lib.abstract_inputs(config, mesh)).compile()
+  lr_args = optim.schedule_args(config)
   logging.info("Compiled train step: %s.", memory.report(step_fn, abstract_state))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
   host_batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))
@@ -146,7 +149,7 @@ def _loop(config, workdir, mesh, tokenizer, total_steps, init_rng, built, evalua
     for step in range(start_step + 1, end_step + 1):
       host_batch, batch = next(batches)
       input_state.update(host_batch)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, lr_args)
       is_last = step == end_step
       is_log = step % config.log_every_steps == 0 or is_last
       is_save = step % config.checkpoint_every_steps == 0 or is_last

@@ -6,7 +6,7 @@ Pure JAX/Flax/optax (no TensorFlow): flip.train's loop and tools/benchmark.py bo
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -54,14 +54,16 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
   return init_fn, abstract
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_lib.FLIP,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, mask_ratio: float,
-               mask_rng: jax.Array, loss_fn=losses.infonce
+def train_step(state: TrainState, batch: dict[str, jax.Array], lr_args: dict[str, jax.Array], *,
+               model: flip_lib.FLIP,
+               make_tx: Callable[[dict[str, jax.Array]], optax.GradientTransformation],
+               mask_ratio: float, mask_rng: jax.Array, loss_fn=losses.infonce
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of masked contrastive training; a fresh mask per step (rng folded with the step).
 
-  loss_fn(image_emb, text_emb, logit_scale): the contrastive loss (jit_train_step passes the
-  blockwise sharded form).
+  lr_args: optim.schedule_args, an argument (not constants of the compiled step); make_tx(lr_args)
+  gives the optimizer (optim.make). loss_fn(image_emb, text_emb, logit_scale): the contrastive
+  loss (jit_train_step passes the blockwise sharded form).
   """
   rng = jax.random.fold_in(mask_rng, state.step)
 
@@ -72,10 +74,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: flip_li
     return loss_fn(image_emb, text_emb, logit_scale), logit_scale
 
   (loss, logit_scale), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates, opt_state = make_tx(lr_args).update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale), "lr": schedule(state.step),
-             "grad_norm": optax.tree.norm(grads)}
+  metrics = {"loss": loss, "logit_scale": jnp.exp(logit_scale),
+             "lr": optim.warmup_cosine(lr_args)(state.step), "grad_norm": optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -88,34 +90,43 @@ def abstract_batch(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, j
           "text": jax.ShapeDtypeStruct((b, text_len), jnp.int32, sharding=spec)}
 
 
-def jit_train_step(model: flip_lib.FLIP, tx: optax.GradientTransformation,
-                   schedule: optax.Schedule, mask_ratio: float, mask_rng: jax.Array,
-                   abstract_state, mesh: Mesh, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES):
-  """train_step jitted with the state's shardings, batch-sharded inputs, activations sharded by
-  the logical-axis `rules` (pass config.logical_axis_rules) and a donated state."""
+def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh):
+  """The step's inputs after the state, for compiling ahead of time:
+  step_fn.lower(abstract_state, *abstract_inputs(config, mesh))."""
+  return abstract_batch(config, mesh), optim.schedule_args(config)
+
+
+def jit_train_step(model: flip_lib.FLIP, config: ml_collections.ConfigDict, mask_ratio: float,
+                   mask_rng: jax.Array, abstract_state, mesh: Mesh,
+                   rules=sharding.DEFAULT_LOGICAL_AXIS_RULES):
+  """train_step jitted with the state's shardings, batch-sharded inputs, replicated schedule
+  numbers, activations sharded by the logical-axis `rules` (pass config.logical_axis_rules) and a
+  donated state: step_fn(state, batch, optim.schedule_args(config)). The optimizer is
+  optim.make(config) with the schedule numbers of the call."""
   state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+  step = functools.partial(train_step, model=model,
+                           make_tx=functools.partial(optim.make, config),
                            mask_ratio=mask_ratio, mask_rng=mask_rng,
                            loss_fn=functools.partial(losses.sharded_infonce, mesh=mesh,
                                                      batch_axes=sharding.BATCH_AXES))
   return jax.jit(
       sharding.with_activation_rules(step, mesh, rules),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh, mask_ratio: float | None = None,
           mask_rng: jax.Array | None = None):
-  """(model, init_fn, abstract_state, jitted step) of a resolved config, as training runs them.
+  """(model, init_fn, abstract_state, jitted step) of a resolved config, as training runs them:
+  step_fn(state, batch, optim.schedule_args(config)).
 
   mask_ratio defaults to config.mask_ratio, mask_rng to a fixed key (benchmarks, planning).
   """
-  model, tx = flip_lib.from_config(config.model), optim.make(config)
-  init_fn, abstract = init_state(config, model, tx, mesh)
+  model = flip_lib.from_config(config.model)
+  init_fn, abstract = init_state(config, model, optim.make(config), mesh)
   step_fn = jit_train_step(
-      model, tx, optim.schedule(config),
-      config.mask_ratio if mask_ratio is None else mask_ratio,
+      model, config, config.mask_ratio if mask_ratio is None else mask_ratio,
       jax.random.key(1) if mask_rng is None else mask_rng, abstract, mesh,
       config.logical_axis_rules)
   return model, init_fn, abstract, step_fn

@@ -86,16 +86,16 @@ def run(mesh_arg: str, out: str) -> None:
   config = tiny_config(mesh_axes(mesh_arg))
   mesh = sharding.make_mesh(config.mesh)
   model = flip_lib.from_config(config.model)
-  tx = optim.make(config)
-  init_fn, abstract = train_step.init_state(config, model, tx, mesh)
+  init_fn, abstract = train_step.init_state(config, model, optim.make(config), mesh)
   state = init_fn(jax.random.key(0))
-  step_fn = train_step.jit_train_step(model, tx, optim.schedule(config), config.mask_ratio,
-                                      jax.random.key(1), abstract, mesh)
+  step_fn = train_step.jit_train_step(model, config, config.mask_ratio, jax.random.key(1),
+                                      abstract, mesh)
   rows = local_rows(mesh, GLOBAL_BATCH)
   losses, grad_norms = [], []
   for step in range(STEPS):
     local = {k: v[rows] for k, v in global_batch(step).items()}
-    state, metrics = step_fn(state, sharding.global_batch(local, mesh))
+    state, metrics = step_fn(state, sharding.global_batch(local, mesh),
+                             optim.schedule_args(config))
     losses.append(float(metrics["loss"]))
     grad_norms.append(float(metrics["grad_norm"]))
 

@@ -95,3 +95,38 @@ def test_adamw_matches_numpy_reference():
       ref[k] = ref[k] - lr * step
   for k in ref:
     np.testing.assert_allclose(p["dense"][k], ref[k], rtol=1e-5)
+
+
+def test_schedule_equals_optax_warmup_cosine_compiled():
+  """The schedule from runtime numbers (optim.schedule_args) gives optax's
+  warmup_cosine_decay_schedule, both compiled (bit for bit on the CPU, by construction)."""
+  steps = jnp.arange(0, 130, dtype=jnp.int32)
+  for warmup, total in ((0, 50), (10, 110), (19, 75), (1, 4), (200, 120)):
+    c = small_config(total_steps=total)
+    c.optim.warmup_steps = warmup
+    w = min(warmup, total)
+    ref = optax.warmup_cosine_decay_schedule(0.0, optim.peak_lr(c), w, max(total, w + 1),
+                                             end_value=0.0)
+    want = jax.jit(jax.vmap(ref))(steps)
+    got = jax.jit(lambda s, args: jax.vmap(optim.warmup_cosine(args))(s))(
+        steps, optim.schedule_args(c))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, err_msg=f"{warmup}, {total}")
+
+
+def test_runs_of_other_lengths_share_one_compiled_step():
+  """The schedule's numbers are an argument of the train step, not constants in it: the
+  program (and so its persistent-cache entry) is the same for any run length and warmup."""
+  from flip import sharding
+  from flip import train_step
+  texts = []
+  for total, warmup in ((10, 2), (2200, 500)):
+    c = config_lib.base_config()
+    c.input.update(global_batch_size=8, image_size=8)
+    c.model.image.update(patch_size=4, depth=1, width=16, num_heads=2)
+    c.model.text.update(depth=1, width=16, num_heads=2, vocab_size=50)
+    c.model.embed_dim = 8
+    c.total_steps, c.optim.warmup_steps = total, warmup
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    _, _, abstract, step_fn = train_step.build(c, mesh)
+    texts.append(step_fn.lower(abstract, *train_step.abstract_inputs(c, mesh)).as_text())
+  assert texts[0] == texts[1]

@@ -48,7 +48,8 @@ def run(c, devices, steps=3, mask_ratio=0.5):
   state = init_fn(jax.random.key(0))
   losses, norms = [], []
   for i in range(steps):
-    state, metrics = step_fn(state, sharding.global_batch(host_batch(c, i), mesh))
+    state, metrics = step_fn(state, sharding.global_batch(host_batch(c, i), mesh),
+                             optim.schedule_args(c))
     losses.append(float(metrics["loss"]))
     norms.append(float(metrics["grad_norm"]))
   return np.array(losses), np.array(norms), jax.tree.map(np.asarray, state.params), state
@@ -125,7 +126,7 @@ def grads_and_memory(c, batch_size=64):
     return train_step.losses.infonce(img, txt, scale)
 
   value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
-  compiled = step_fn.lower(abstract, train_step.abstract_batch(c, mesh)).compile()
+  compiled = step_fn.lower(abstract, *train_step.abstract_inputs(c, mesh)).compile()
   return float(value), grads, memory.report(compiled, abstract), state
 
 
@@ -193,7 +194,7 @@ def test_memory_report_counts_sharded_state():
     c.input.global_batch_size = 512
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:8 if mesh_shape else 1])
     _, _, abstract, step_fn = train_step.build(c, mesh, 0.5)
-    compiled = step_fn.lower(abstract, train_step.abstract_batch(c, mesh)).compile()
+    compiled = step_fn.lower(abstract, *train_step.abstract_inputs(c, mesh)).compile()
     reports[name] = memory.report(compiled, abstract)
   total = sum(math.prod(x.shape) * 4 for x in jax.tree.leaves(abstract.params))
   assert reports["one"].params == reports["data"].params == total

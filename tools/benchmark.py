@@ -45,6 +45,7 @@ from flip import errors
 from flip import flops as flops_lib
 from flip import machine
 from flip import memory as memory_lib
+from flip import optim
 from flip import sharding
 from flip import train_step
 from flip.models import transformer
@@ -109,7 +110,7 @@ def auto_batch(config, memory: float | None, probe: int = 32) -> dict:
   probe_config = copy.deepcopy(config)
   probe_config.input.global_batch_size = probe * mesh.size
   _, _, abstract, step_fn = train_step.build(probe_config, mesh, 0.0)
-  compiled = step_fn.lower(abstract, train_step.abstract_batch(probe_config, mesh)).compile()
+  compiled = step_fn.lower(abstract, *train_step.abstract_inputs(probe_config, mesh)).compile()
   report = memory_lib.report(compiled, abstract)
   if report is None:
     raise errors.ConfigError("--batch=auto: this backend reports no compiled memory; give a "
@@ -144,15 +145,16 @@ def time_step(config, mask_ratio: float, steps: int, warmup: int) -> dict[str, f
   state = init_fn(jax.random.key(0))
 
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  lr_args = optim.schedule_args(config)
+  compiled = step_fn.lower(state, batch, lr_args).compile()
   compile_s = time.perf_counter() - t0
   report = memory_lib.report(compiled, abstract)
   for _ in range(warmup):
-    state, _ = compiled(state, batch)
+    state, _ = compiled(state, batch, lr_args)
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, lr_args)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / steps
   del state, compiled

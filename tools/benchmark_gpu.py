@@ -44,6 +44,10 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per mask ratio.", lower_
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", lower_bound=0)
 _PEER = flags.DEFINE_enum("peer", "open_clip", ["open_clip", "none"], "Compare with it.")
 _PEER_COMPILE = flags.DEFINE_bool("peer_compile", True, "torch.compile open_clip (on a GPU).")
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"],
+                           "Compute dtype of both sides (ours: config.model.dtype; open_clip: "
+                           "amp_bf16 autocast or float32). float32 makes the CPU smoke test fast "
+                           "on CPUs without bfloat16 instructions.")
 _RECIPE_ARG = flags.DEFINE_string("recipe_arg", None, "The recipes' :arg (local: a CPU smoke "
                                   "test of this tool with tiny towers).")
 _JSON = flags.DEFINE_string("json", "/tmp/flip_gpu_benchmark.json", "Results (JSON).")
@@ -68,7 +72,7 @@ def _run(argv: list[str], json_path: str, timeout: float) -> dict:
 def ours_argv(recipe: str, batch: str) -> list[str]:
   return [os.path.join(TOOLS, "benchmark.py"), f"--config={recipe}", f"--batch={batch}",
           f"--mask={','.join(_MASKS.value)}", f"--steps={_STEPS.value}",
-          f"--warmup={_WARMUP.value}", "--config.model.dtype=bfloat16",
+          f"--warmup={_WARMUP.value}", f"--config.model.dtype={_DTYPE.value}",
           "--config.model.attention=auto", "--config.model.scan_layers=True",
           "--config.model.image.remat=none", "--config.model.text.remat=none",
           "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.model=1"]
@@ -80,7 +84,7 @@ def peer_argv(model: str, ours: dict) -> list[str]:
           f"--batch={ours['batch']}", f"--mask={','.join(_MASKS.value)}",
           f"--image_size={ours['image_size']}", f"--text_len={ours['text_len']}",
           f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
-          f"--device={'cuda' if gpu else 'cpu'}", "--bfloat16",
+          f"--device={'cuda' if gpu else 'cpu'}", f"--bfloat16={_DTYPE.value == 'bfloat16'}",
           f"--compile={_PEER_COMPILE.value and gpu}"]
 
 
@@ -137,7 +141,7 @@ def main(argv):
   if unknown:
     raise errors.ConfigError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}.")
   start = time.time()
-  result = {**machine.describe(), "steps": _STEPS.value, "warmup": _WARMUP.value, "models": {},
+  result = {**machine.describe(), "dtype": _DTYPE.value, "steps": _STEPS.value, "warmup": _WARMUP.value, "models": {},
             "rows": []}
   base = os.path.splitext(_JSON.value)[0]
   os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
@@ -145,7 +149,7 @@ def main(argv):
     recipe_name, peer_model = MODELS[size]
     recipe = config_lib.recipe_path(recipe_name) + (f":{_RECIPE_ARG.value}"
                                                     if _RECIPE_ARG.value else "")
-    print(f"== {size}: ours ({recipe_name}, bfloat16, batch {_BATCH.value})", flush=True)
+    print(f"== {size}: ours ({recipe_name}, {_DTYPE.value}, batch {_BATCH.value})", flush=True)
     ours = _run(ours_argv(recipe, _BATCH.value), f"{base}.{size.replace('/', '')}.ours.json",
                 timeout=600)
     peer = None
@@ -163,8 +167,8 @@ def main(argv):
       json.dump(result, f, indent=2)
   device = next((m["ours"].get("device") for m in result["models"].values()
                  if "error" not in m["ours"]), "?")
-  print(f"\n{device} (CPU {result['cpu_model']}), bfloat16, {result['wall_s'] / 60:.1f} min in "
-        f"all:\n{markdown(result['rows'])}")
+  print(f"\n{device} (CPU {result['cpu_model']}), {_DTYPE.value}, "
+        f"{result['wall_s'] / 60:.1f} min in all:\n{markdown(result['rows'])}")
   if _RECIPE_ARG.value:
     print(f"(--recipe_arg={_RECIPE_ARG.value}: our towers are the shrunk recipe's, open_clip's "
           "are not; the ratios compare different models and no goal is checked)")

@@ -102,7 +102,7 @@ def main(argv):
     config.model.image.remat, config.model.text.remat = image, text or image
     config_lib.validate(config)
     _, _, abstract, step_fn = train_step.build(config, mesh)
-    compiled = step_fn.lower(abstract, train_step.abstract_batch(config, mesh)).compile()
+    compiled = step_fn.lower(abstract, *train_step.abstract_inputs(config, mesh)).compile()
     r = memory.report(compiled, abstract)
     row = {"remat": policy, **r.as_dict()}
     gib = {k: v / memory.GIB for k, v in row.items() if k != "remat"}
