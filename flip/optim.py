@@ -36,9 +36,9 @@ def schedule_args(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The numbers of the learning-rate schedule, as float32/int32 scalars.
 
   The jitted train step takes them as an argument rather than baking them in as constants, so
-  runs that differ only in their length (a resumed run given more steps, the unmasked tuning
-  stage, tools/tradeoff.py's runs, a test's shortened run) share one compiled step, and its entry
-  in the persistent compilation cache. The two quotients are precomputed in float32 the way XLA
+  runs that differ only in their length (a resumed run given more steps, unmasked tuning at the
+  pretraining resolution, tools/tradeoff.py's runs, a test's shortened run) share one compiled
+  step, and its entry in the persistent compilation cache. The two quotients are precomputed in float32 the way XLA
   folds optax.warmup_cosine_decay_schedule's constants (x / c -> x * (1 / c); pi * x / c ->
   x * (pi * (1 / c))): the values are bit-identical to that schedule's, compiled, on the CPU.
   """
