@@ -119,9 +119,9 @@ def _loop(config, workdir, mesh, tokenizer, total_steps, init_rng, built, evalua
                num_params / 1e6, dict(mesh.shape), batch_size, total_steps, config.mask_ratio)
 
   # Compiled ahead of time to report its per-device memory before the first batch.
-  step_fn = step_fn.lower(abstract_state,
-                          *train_step_lib.abstract_inputs(config, mesh)).compile()
   lr_args = optim.schedule_args(config)
+  step_fn = step_fn.lower(abstract_state, train_step_lib.abstract_batch(config, mesh),
+                          lr_args).compile()
   logging.info("Compiled train step: %s.", memory.report(step_fn, abstract_state))
   end_step = min(total_steps, config.stop_at_step) if config.stop_at_step else total_steps
   host_batches = (pipeline.numpy_iterator(pipeline.train_dataset(config, tokenizer, input_state))

@@ -91,11 +91,10 @@ def run(mesh_arg: str, out: str) -> None:
   step_fn = train_step.jit_train_step(model, config, config.mask_ratio, jax.random.key(1),
                                       abstract, mesh)
   rows = local_rows(mesh, GLOBAL_BATCH)
-  losses, grad_norms = [], []
+  losses, grad_norms, lr_args = [], [], optim.schedule_args(config)
   for step in range(STEPS):
     local = {k: v[rows] for k, v in global_batch(step).items()}
-    state, metrics = step_fn(state, sharding.global_batch(local, mesh),
-                             optim.schedule_args(config))
+    state, metrics = step_fn(state, sharding.global_batch(local, mesh), lr_args)
     losses.append(float(metrics["loss"]))
     grad_norms.append(float(metrics["grad_norm"]))
 

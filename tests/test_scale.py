@@ -46,10 +46,9 @@ def run(c, devices, steps=3, mask_ratio=0.5):
   mesh = sharding.make_mesh(c.mesh, devices)
   _, init_fn, _, step_fn = train_step.build(c, mesh, mask_ratio)
   state = init_fn(jax.random.key(0))
-  losses, norms = [], []
+  losses, norms, lr_args = [], [], optim.schedule_args(c)
   for i in range(steps):
-    state, metrics = step_fn(state, sharding.global_batch(host_batch(c, i), mesh),
-                             optim.schedule_args(c))
+    state, metrics = step_fn(state, sharding.global_batch(host_batch(c, i), mesh), lr_args)
     losses.append(float(metrics["loss"]))
     norms.append(float(metrics["grad_norm"]))
   return np.array(losses), np.array(norms), jax.tree.map(np.asarray, state.params), state
