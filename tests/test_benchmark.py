@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import forkserver
 from flip import flops
 from flip import hostmem
 from flip import machine
@@ -30,8 +31,11 @@ open_clip_peer = _load_tool("open_clip_peer")
 
 def benchmark(tmp_path, *args, env=None):
   out = tmp_path / "bench.json"
+  # A run with the torch peer in a new Python: torch's triton crashes beside the fork server's
+  # libraries (tests/forkserver.py).
+  python = [sys.executable] if "--peer=open_clip" in args else forkserver.python()
   result = subprocess.run(
-      [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
+      [*python, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
        "--steps=2", "--warmup=1", "--batch=16", f"--json={out}", *args],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env=None if env is None else {**os.environ, **env})
@@ -103,7 +107,7 @@ def test_benchmark_peer_missing_says_how_to_install(tmp_path):
 def plan(tmp_path, *args):
   out = tmp_path / "plan.json"
   result = subprocess.run(
-      [sys.executable, "tools/plan_memory.py", *args, f"--json={out}"],
+      [*forkserver.python(), "tools/plan_memory.py", *args, f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   return result, (json.loads(out.read_text()) if out.exists() else None)
 

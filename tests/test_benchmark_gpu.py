@@ -5,10 +5,10 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
+import forkserver
 from flip import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +64,7 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   open_clip's ViT-B-16 in bfloat16 takes 40 s a step on a CPU without bfloat16 instructions."""
   out = tmp_path / "gpu.json"
   result = subprocess.run(
-      [sys.executable, "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
+      [*forkserver.python(), "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
        "--batch=8", "--steps=1", "--warmup=0", "--mask=0", "--dtype=float32", f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -85,7 +85,7 @@ def test_auto_batch_fits_the_given_memory(tmp_path):
   the timed compile's peak stays within that memory."""
   out = tmp_path / "auto.json"
   result = subprocess.run(
-      [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
+      [*forkserver.python(), "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
        "--batch=auto", "--memory_gib=0.25", "--mask=0", "--steps=1", "--warmup=0",
        f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -96,7 +96,7 @@ def test_auto_batch_fits_the_given_memory(tmp_path):
   assert table["rows"][0]["peak_bytes"] <= 0.25 * memory.GIB
   # A CPU reports no memory limit: --batch=auto needs --memory_gib there.
   bad = subprocess.run(
-      [sys.executable, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
+      [*forkserver.python(), "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
        "--batch=auto", "--mask=0", "--steps=1"], cwd=ROOT, capture_output=True, text=True,
       timeout=600)
   assert bad.returncode == 1 and "give --memory_gib" in bad.stderr.splitlines()[-1]

@@ -6,13 +6,13 @@ import io
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+import forkserver
 from flip import cli
 from flip import config_lib
 from flip import errors
@@ -214,8 +214,9 @@ def test_evaluation_benchmark_reports_rates_and_an_imagenet_estimate(tmp_path):
   out = tmp_path / "eval.json"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = subprocess.run(
-      [sys.executable, "tools/benchmark_eval.py", "--config=demo", "--images=24", "--prompts=64",
-       "--batch=16", f"--json={out}"], cwd=root, capture_output=True, text=True, timeout=300)
+      [*forkserver.python(), "tools/benchmark_eval.py", "--config=demo", "--images=24",
+       "--prompts=64", "--batch=16", f"--json={out}"],
+      cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   got = json.loads(out.read_text())
   assert got["images"] == 24 and got["images_per_s"] > 0 and got["prompts_per_s"] > 0

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import forkserver
 from flip import cli
 from flip import config_lib
 from flip import errors
@@ -118,7 +119,6 @@ def test_entry_points_filter_stderr_and_pass_on_a_crash():
   writes just before it aborts still arrives (the filter is a separate process)."""
   import os
   import subprocess
-  import sys
   code = (
       "import os, tensorflow as tf\n"
       "from flip import cli\n"
@@ -132,14 +132,14 @@ def test_entry_points_filter_stderr_and_pass_on_a_crash():
       "import sys\n"
       "cli.run(main, join=False, huge_pages=False)\n")
   env = {k: v for k, v in os.environ.items() if k != "FLIP_RAW_STDERR"}
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env,
+  result = subprocess.run([*forkserver.python(), "-c", code], capture_output=True, env=env,
                           timeout=120)
   assert result.returncode == -6  # SIGABRT
   assert b"decode failed as expected" in result.stderr
   assert b"last words before the abort" in result.stderr
   assert b"Improper call to JPEG library" not in result.stderr, result.stderr[-2000:]
   # FLIP_RAW_STDERR=1: the raw stream, libjpeg's line included.
-  raw = subprocess.run([sys.executable, "-c", code], capture_output=True,
+  raw = subprocess.run([*forkserver.python(), "-c", code], capture_output=True,
                        env=dict(env, FLIP_RAW_STDERR="1"), timeout=120)
   assert b"Improper call to JPEG library" in raw.stderr
 

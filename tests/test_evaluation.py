@@ -5,13 +5,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
+import forkserver
 from flip import sharding
 from flip import train
 from flip.data import tokenizer as tokenizer_lib
@@ -181,7 +181,7 @@ def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_d
   shutil.copytree(shared, run)  # flip.evaluate adds its TensorBoard events to the workdir
   env = dict(os.environ, TFDS_DATA_DIR=shapes_data_dir)
   result = subprocess.run(
-      [sys.executable, "-m", "flip.evaluate", f"--workdir={run}",
+      [*forkserver.python(), "-m", "flip.evaluate", f"--workdir={run}",
        f"--json={tmp_path}/metrics.json"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -196,7 +196,7 @@ def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_d
   write_shapes_as_clip_benchmark_sets(shapes_data_dir, str(tmp_path / "cb"))
   (tmp_path / "tasks.py").write_text(TASKS.format(data_dir=shapes_data_dir))
   result = subprocess.run(
-      [sys.executable, "-m", "flip.benchmark_suite", f"--workdir={run}",
+      [*forkserver.python(), "-m", "flip.benchmark_suite", f"--workdir={run}",
        f"--tasks={tmp_path}/tasks.py", f"--tasks.wds_root={tmp_path}/cb",
        f"--output={tmp_path}/table"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
@@ -217,6 +217,7 @@ def test_standalone_evaluation_and_benchmark_suite_of_a_demo_checkpoint(shapes_d
   assert header[:5] == ["task", "dataset", "split", "type", "acc1"]
   assert "| wds_zeroshot | test | zeroshot_classification |" in result.stdout
 
-  empty = subprocess.run([sys.executable, "-m", "flip.evaluate", f"--workdir={tmp_path}/none"],
+  empty = subprocess.run([*forkserver.python(), "-m", "flip.evaluate",
+                          f"--workdir={tmp_path}/none"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert empty.returncode == 1 and "config.json" in empty.stderr

@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 
+import forkserver
 from flip import config_lib
 from flip import errors
 from flip.formats import flip_official as fo
@@ -477,14 +478,13 @@ def test_import_tool_gives_the_released_embeddings(ckpt, flat, tmp_path):
   import json
   import os
   import subprocess
-  import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   workdir = tmp_path / "imported"
   heads = json.dumps({"image_heads": TINY["image_heads"], "text_heads": TINY["text_heads"]})
-  result = subprocess.run([sys.executable, "tools/import_weights.py", "--format=flip_official",
-                           f"--checkpoint={os.path.dirname(ckpt)}", f"--model={heads}",
-                           f"--workdir={workdir}"], cwd=root, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run([*forkserver.python(), "tools/import_weights.py",
+                           "--format=flip_official", f"--checkpoint={os.path.dirname(ckpt)}",
+                           f"--model={heads}", f"--workdir={workdir}"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   from flip import inference
   from flip.data import pipeline
@@ -500,8 +500,9 @@ def test_import_tool_gives_the_released_embeddings(ckpt, flat, tmp_path):
       np.asarray(p, np.float32), 32)).numpy() for p in pictures])
   assert_close(model.encode_images(pictures), reference_image(flat, pixels, TINY), "image")
   # Bad input is one line before anything is written.
-  result = subprocess.run([sys.executable, "tools/import_weights.py", "--format=flip_official",
-                           f"--checkpoint={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'w'}"],
+  result = subprocess.run([*forkserver.python(), "tools/import_weights.py",
+                           "--format=flip_official", f"--checkpoint={tmp_path / 'nothing'}",
+                           f"--workdir={tmp_path / 'w'}"],
                           cwd=root, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: ")

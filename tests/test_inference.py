@@ -5,13 +5,13 @@ notebook executed end to end."""
 import os
 import pathlib
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+import forkserver
 from flip import checkpoint
 from flip import inference
 from flip import train_step
@@ -100,7 +100,7 @@ def test_search_ranks_by_similarity(model, images):
 @pytest.mark.slow
 def test_export_round_trip_gives_identical_embeddings(model, run_dir, images, tmp_path):
   path = str(tmp_path / "demo.flip")
-  result = subprocess.run([sys.executable, "tools/export.py", f"--workdir={run_dir[0]}",
+  result = subprocess.run([*forkserver.python(), "tools/export.py", f"--workdir={run_dir[0]}",
                            f"--out={path}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -113,8 +113,8 @@ def test_export_round_trip_gives_identical_embeddings(model, run_dir, images, tm
           "from flip import inference\n"
           f"m = inference.FLIPModel.load({path!r})\n"
           "print(m.encode_texts(['a red circle']).shape)")
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run([*forkserver.python(), "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode == 0 and "(1, 32)" in result.stdout, result.stderr[-3000:]
 
 

@@ -8,13 +8,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
+import forkserver
 import multihost_worker
 from flip import checkpoint
 from flip import distributed
@@ -81,7 +81,7 @@ def run_processes(commands, log_dir, timeout=240, expect=0, during=None):
   failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != expect]
   assert not failed, "process(es) (index, exit code) %s failed or timed out:\n%s" % (
       failed, "\n".join(f"--- process {i}:\n{logs[i][-3000:]}" for i, _ in failed))
-  return [p.pid for p in procs], logs
+  return [forkserver.pid_of(p) for p in procs], logs
 
 
 def join_env(num_processes: int, port: int, process_id: int) -> dict[str, str]:
@@ -100,7 +100,7 @@ def test_two_processes_train_and_checkpoint_like_one(tmp_path):
   """2 processes x 2 devices == 1 process x 4 devices: same losses and params, each process
   feeding its half of the global batch; the checkpoint both write restores exactly, also into
   another process count; a workdir the processes do not share is refused."""
-  worker = [sys.executable, WORKER, f"--mesh={MESH}"]
+  worker = [*forkserver.python(), WORKER, f"--mesh={MESH}"]
   port = free_port()
   two, one = tmp_path / "two", tmp_path / "one"
   two.mkdir()
@@ -191,7 +191,7 @@ def test_flip_main_runs_stops_on_sigterm_and_resumes_as_two_processes(shapes_dat
 
   def main(workdir, logs, evals=True, **kwargs):
     port = free_port()
-    argv = [sys.executable, "-m", "flip.main", "--config=configs/demo.py:local",
+    argv = [*forkserver.python(), "-m", "flip.main", "--config=configs/demo.py:local",
             f"--workdir={workdir}", f"--config.input.data_dir={shapes_data_dir}",
             "--config.total_steps=6", "--config.checkpoint_every_steps=3",
             "--config.log_every_steps=1",

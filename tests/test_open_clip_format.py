@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+import forkserver
 from flip import config_lib
 from flip import errors
 from flip.data import bpe
@@ -42,6 +43,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def worker(*args):
+  """tests/open_clip_worker.py in a new Python (torch's triton crashes beside the fork server's
+  libraries: tests/forkserver.py)."""
   result = subprocess.run([sys.executable, "tests/open_clip_worker.py", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -131,7 +134,7 @@ def test_imported_model_equals_open_clip(request, tmp_path_factory, name):
 
 
 def run_tool(*args):
-  return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
+  return subprocess.run([*forkserver.python(), *map(str, args)], cwd=ROOT, capture_output=True,
                         text=True, timeout=600)
 
 

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -11,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import forkserver
 import shard_fixtures as fx
 from flip import errors
 from flip import lock
@@ -72,7 +72,7 @@ class Run:
   """`python -m flip.main` in the background, its stderr collected line by line."""
 
   def __init__(self, args):
-    self.proc = subprocess.Popen([sys.executable, "-m", "flip.main", *args], cwd=ROOT,
+    self.proc = subprocess.Popen([*forkserver.python(), "-m", "flip.main", *args], cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     self.lines = []
     self.reader = threading.Thread(target=self._read, daemon=True)

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+import forkserver
 from flip.data import shard_writer as shard_writer_lib
 from flip.data import tokenizer as tokenizer_lib
 
@@ -36,9 +37,8 @@ build_vocab = _load_tool("build_vocab")
 
 
 def _run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  return subprocess.run([*forkserver.python(), os.path.join(ROOT, "tools", f"{name}.py"), *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def _tar_members(path: str) -> list[tuple[str, bytes]]:

@@ -4,10 +4,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 
+import forkserver
 from flip import config_lib
 from flip import machine
 from flip.data import pipeline
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tool(name, *args, timeout=300):
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args],
+  result = subprocess.run([*forkserver.python(), os.path.join(ROOT, "tools", f"{name}.py"), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout

@@ -4,10 +4,11 @@ wall-clock per mask ratio), each run end to end on the :local demo with tiny bud
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+import forkserver
 
 pytestmark = pytest.mark.slow  # the tools train several runs in subprocesses
 
@@ -15,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_tool(args, timeout=600):
-  result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+  result = subprocess.run([*forkserver.python(), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
@@ -45,7 +46,8 @@ def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path)
 
 def test_two_stage_refuses_a_masked_tuning_recipe(tmp_path):
   result = subprocess.run(
-      [sys.executable, "tools/two_stage.py", f"--workdir={tmp_path}", "--tune=configs/demo.py"],
+      [*forkserver.python(), "tools/two_stage.py", f"--workdir={tmp_path}",
+       "--tune=configs/demo.py"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0 and "not an unmasked tuning recipe" in result.stderr
 

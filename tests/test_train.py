@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import jax
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import forkserver
 import shard_fixtures as fx
 from conftest import STRAIGHT_RUN
 from conftest import local_demo_config as local_config
@@ -178,8 +178,8 @@ def test_unwritable_workdir_fails_fast(shapes_data_dir, tmp_path):
 
 
 def run_main(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "flip.main", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run([*forkserver.python(), "-m", "flip.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_rejects_unknown_config_field(tmp_path):
@@ -221,8 +221,8 @@ for ev in config.evals.values():
 print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r})))
 """
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+  result = subprocess.run([*forkserver.python(), "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
