@@ -48,8 +48,10 @@ STUB = os.path.abspath(__file__)
 IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "GLIBC_", "MALLOC_", "OMP_", "OPENBLAS", "MKL_", "TF_",
                         "TFDS_", "KERAS", "JAX_", "CUDA", "NVIDIA", "LC_")
 IMPORT_TIME_KEYS = frozenset({"LANG", "LANGUAGE", "HOME", "TMPDIR", "TEMP", "TMP", "TZ"})
-# ... except those the fork sets again itself.
-RESET_IN_CHILD = frozenset({"JAX_PLATFORMS", "TFDS_DATA_DIR"})
+# ... except those read later (flip.distributed's, jax.distributed.initialize's) or set again
+# in the fork (_become).
+NOT_AT_IMPORT = frozenset({"JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                           "JAX_PLATFORMS", "TFDS_DATA_DIR"})
 NAMESPACES = ("mnt", "pid", "net", "uts", "ipc", "user", "cgroup")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
            signal.SIGUSR2)
@@ -298,7 +300,7 @@ def _accept(listener, running, base_env, base_process, path):
     return None
   env = request["env"]
   changed = sorted(k for k in set(env) | set(base_env)
-                   if env.get(k) != base_env.get(k) and k not in RESET_IN_CHILD and
+                   if env.get(k) != base_env.get(k) and k not in NOT_AT_IMPORT and
                    (k.startswith(IMPORT_TIME_PREFIXES) or k in IMPORT_TIME_KEYS))
   changed += [key for key, value in base_process.items() if request[key] != value]
   what = f"{' '.join(request['args'])[:150]!r} in {env.get('PYTEST_CURRENT_TEST', '?')}"
