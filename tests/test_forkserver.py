@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import forkserver
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(os.environ.get(forkserver.ENV_OFF) == "0",
+                                reason="FLIP_TEST_FORKSERVER=0: no fork server")
 
 # What a program can see of how it was started; "forked": the libraries were imported before it.
 REPORT = """
