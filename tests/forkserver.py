@@ -85,10 +85,15 @@ def python() -> list[str]:
 def pid_of(popen: subprocess.Popen) -> int:
   """The process id of the program that `popen` (a Popen of `python() + ARGS`) runs."""
   try:
-    with open(os.path.join(os.path.dirname(_socket), "pids", str(popen.pid))) as f:
+    with open(os.path.join(_pids_dir(_socket), str(popen.pid))) as f:
       return int(f.read())
   except (OSError, ValueError):
     return popen.pid  # ran in a new Python: the stub exec'd it
+
+
+def _pids_dir(socket_path: str) -> str:
+  """Where the server writes each program's process id under its stub's (pid_of reads it)."""
+  return os.path.join(os.path.dirname(socket_path), "pids")
 
 
 def _stop_server(directory: str) -> None:
@@ -212,7 +217,7 @@ def _serve(path: str) -> dict:
   if any(name != "python" for name in threads):  # a thread pool a fork would lose
     print(f"forkserver: not serving, threads {threads} started at import", flush=True)
     return _refuse(listener)
-  os.makedirs(os.path.join(os.path.dirname(path), "pids"), exist_ok=True)
+  os.makedirs(_pids_dir(path), exist_ok=True)
   base_env = dict(os.environ)
   base_process = json.loads(json.dumps(_process()))  # as the stubs send it
   parent = os.getppid()
@@ -328,7 +333,7 @@ def _accept(listener, running, base_env, base_process, path):
     return request
   for fd in fds:
     os.close(fd)
-  with open(os.path.join(os.path.dirname(path), "pids", str(request["stub"])), "w") as f:
+  with open(os.path.join(_pids_dir(path), str(request["stub"])), "w") as f:
     f.write(str(pid))
   running[conn] = pid, what
   _send(conn, {"pid": pid})
