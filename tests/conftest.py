@@ -105,12 +105,17 @@ def _read_run(workdir):
     return workdir, json.load(f)
 
 
+# The :local demo's evaluators run every 10 steps; the shared run evaluates once, at its end.
+LOCAL_RUN = {f"evals.{name}.every_steps": 20 for name in ("zeroshot", "retrieval", "linear_probe")}
+
+
 @pytest.fixture(scope="session")
 def local_run(shapes_data_dir, tmp_path_factory):
-  """(workdir, summary) of the :local demo as flip.main runs it: 20 steps, evaluated (zero-shot,
-  retrieval, linear probe) and checkpointed at steps 10 and 20. Shared by the tests of the
-  training loop and of the evaluation entry points."""
-  return _read_run(built_once(tmp_path_factory, "local_run", _trained(shapes_data_dir)))
+  """(workdir, summary) of the :local demo as flip.main runs it (LOCAL_RUN: evaluated once):
+  20 steps, checkpointed at steps 10 and 20, evaluated (zero-shot, retrieval, linear probe) at
+  step 20. Shared by the tests of the training loop and of the evaluation entry points."""
+  return _read_run(built_once(tmp_path_factory, "local_run",
+                              _trained(shapes_data_dir, **LOCAL_RUN)))
 
 
 STRAIGHT_RUN = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}

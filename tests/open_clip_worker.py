@@ -1,17 +1,19 @@
 """open_clip in a process of its own (torchvision crashes a process that imported TensorFlow
 first, as every test process has): builds models, writes their weights, embeds.
 
-  python tests/open_clip_worker.py make MODEL OUT_DIR INPUTS.npz [--bin]
+  python tests/open_clip_worker.py make MODEL OUT_DIR INPUTS.npz [--bin] [--layers=N]
       open_clip MODEL (a name, or a JSON model config) with random weights (every parameter
       perturbed, so that LayerNorms and biases are not ones and zeros): OUT_DIR/model.safetensors,
       OUT_DIR/model.bin (--bin) and OUT_DIR/ref.npz (image/text embeddings, logit scale,
-      open_clip.tokenize ids).
+      open_clip.tokenize ids). --layers=N: the named model with N blocks in each tower (its
+      config otherwise unchanged, registered under its own name from OUT_DIR/MODEL.json).
   python tests/open_clip_worker.py load MODEL WEIGHTS INPUTS.npz OUT.npz
       create_model_and_transforms(MODEL, pretrained=WEIGHTS) (MODEL a name, a JSON model config
       or "local-dir:DIR" with WEIGHTS "-"), then the same embeddings into OUT.npz.
 INPUTS.npz: images (uint8 [n, S, S, 3], already at the model's size) and texts (str [m]).
 """
 
+import json
 import sys
 
 import numpy as np
@@ -39,6 +41,13 @@ def main():
   command = sys.argv[1]
   if command == "make":
     name, out, inputs = sys.argv[2:5]
+    layers = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--layers=")]
+    if layers:  # the named config, shallower, registered under the same name
+      cfg = json.loads(json.dumps(open_clip.get_model_config(name)))
+      cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = int(layers[0])
+      name = f"{out}/{name}.json"
+      with open(name, "w") as f:
+        json.dump(cfg, f)
     if name.endswith(".json"):  # a model config of one's own, registered under its file name
       open_clip.add_model_config(name)
       name = name.rsplit("/", 1)[-1][:-len(".json")]

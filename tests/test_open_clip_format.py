@@ -3,12 +3,15 @@
 open_clip builds each model with random weights (tests/open_clip_worker.py, in its own process);
 after import, this codebase's embeddings, logit scale and zero-shot probabilities must equal
 open_clip's on the same images and captions within 1e-5 relative (float32); exported weights
-load back into open_clip with equal embeddings.
+load back into open_clip with equal embeddings. The named models run with SHALLOW blocks per
+tower (their widths, heads, patch and image sizes, vocabulary and activation as released): every
+block maps the same way, and the full-depth configs equal open_clip's own files.
 """
 
 import importlib.util
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 import forkserver
+from conftest import built_once
 from flip import config_lib
 from flip import errors
 from flip.data import bpe
@@ -38,6 +42,7 @@ TINY = {"embed_dim": 32,
         "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
                      "layers": 1}}
 TINY_PATCH4 = dict(TINY, vision_cfg=dict(TINY["vision_cfg"], patch_size=4))
+SHALLOW = 2  # blocks per tower of the named models in the exactness tests
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
@@ -58,13 +63,41 @@ def inputs_for(directory, size):
   return path, images
 
 
-def made(tmp_path_factory, name, torch_file=False):
-  """open_clip `name` with random weights: (its files' directory, reference outputs, images,
-  inputs file); the weights as model.safetensors and, with torch_file, model.bin."""
+def made(tmp_path_factory, name, torch_file=False, layers=None):
+  """open_clip `name` with random weights (`layers` blocks per tower if given): (its files'
+  directory, reference outputs, images, inputs file); the weights as model.safetensors and,
+  with torch_file, model.bin."""
   out = tmp_path_factory.mktemp(os.path.basename(name))
-  inputs, images = inputs_for(out, oc.model_config(name)["vision_cfg"]["image_size"])
-  worker("make", name, out, inputs, *(["--bin"] if torch_file else []))
-  return out, dict(np.load(out / "ref.npz")), images, inputs
+  make(out, name, torch_file, layers)
+  return read_made(out, name)
+
+
+def make(out, name, torch_file=False, layers=None):
+  inputs, _ = inputs_for(out, oc.model_config(name)["vision_cfg"]["image_size"])
+  worker("make", name, out, inputs, *(["--bin"] if torch_file else []),
+         *([f"--layers={layers}"] if layers else []))
+
+
+def read_made(out, name):
+  inputs = out / f"inputs_{oc.model_config(name)['vision_cfg']['image_size']}.npz"
+  return out, dict(np.load(out / "ref.npz")), np.load(inputs)["images"], inputs
+
+
+def shallow(cfg, layers):
+  """An open_clip model config with `layers` blocks in each tower."""
+  return dict(cfg, vision_cfg=dict(cfg["vision_cfg"], layers=layers),
+              text_cfg=dict(cfg["text_cfg"], layers=layers))
+
+
+def open_clip_config_file(name):
+  """open_clip's own model config file `name`.json (found without importing open_clip and
+  torch), or None if open_clip has none of that name."""
+  package = importlib.util.find_spec("open_clip").submodule_search_locations[0]
+  path = os.path.join(package, "model_configs", f"{name}.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def ours(config, params, images, texts):
@@ -101,11 +134,15 @@ def check_equal(name, ref, image, text, scale, tokens):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-  """A tiny open_clip ViT CLIP (a JSON model config of its own) with random weights."""
-  directory = tmp_path_factory.mktemp("tiny")
-  path = directory / "tiny_clip.json"
-  path.write_text(json.dumps(TINY))
-  return path, made(tmp_path_factory, str(path), torch_file=True)
+  """A tiny open_clip ViT CLIP (a JSON model config of its own) with random weights, made once
+  per session (the tests only read its directory)."""
+  def build(directory):
+    path = pathlib.Path(directory) / "tiny_clip.json"
+    path.write_text(json.dumps(TINY))
+    make(pathlib.Path(directory), str(path), torch_file=True)
+
+  path = pathlib.Path(built_once(tmp_path_factory, "open_clip_tiny", build)) / "tiny_clip.json"
+  return path, read_made(path.parent, str(path))
 
 
 @pytest.mark.parametrize("name", [
@@ -119,9 +156,10 @@ def test_imported_model_equals_open_clip(request, tmp_path_factory, name):
   if name == "tiny":
     path, (out, ref, images, _) = request.getfixturevalue("tiny")
     name = str(path)
-  else:
-    out, ref, images, _ = made(tmp_path_factory, name)
-  cfg = oc.model_config(name)
+    cfg = oc.model_config(name)
+  else:  # SHALLOW blocks: test_listed_models_are_open_clips_own_configs checks the full ones
+    out, ref, images, _ = made(tmp_path_factory, name, layers=SHALLOW)
+    cfg = shallow(oc.model_config(name), SHALLOW)
   config = oc.apply(config_lib.base_config(), cfg)
   params = oc.to_params(oc.read_state_dict(str(out / "model.safetensors")), cfg, name)
   check_equal(name, ref, *ours(config, params, images, CAPTIONS))
@@ -238,6 +276,17 @@ def test_own_architecture_export_names_what_open_clip_cannot_express():
   for part in ("model.image.class_token=False", "model.text.pool='mean'",
                "input.tokenizer='wordpiece'", "--format=safetensors"):
     assert part in message, message
+
+
+def test_listed_models_are_open_clips_own_configs():
+  """Every named model is open_clip's model config file of that name (a `-quickgelu` name that
+  open_clip has no file for: its base model with quick_gelu)."""
+  for name, cfg in oc.MODEL_CONFIGS.items():
+    theirs = open_clip_config_file(name)
+    if theirs is None:
+      assert name.endswith("-quickgelu"), name
+      theirs = dict(open_clip_config_file(name[:-len("-quickgelu")]), quick_gelu=True)
+    assert cfg == theirs, name
 
 
 def test_every_listed_model_maps_onto_a_valid_config():

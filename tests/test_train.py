@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import forkserver
 import shard_fixtures as fx
+from conftest import LOCAL_RUN
 from conftest import STRAIGHT_RUN
 from conftest import local_demo_config as local_config
 from flip import checkpoint
@@ -40,7 +41,7 @@ def final_params(workdir, config):
 
 def test_local_run_trains_evaluates_and_checkpoints(local_run, shapes_data_dir, tmp_path):
   workdir, summary = local_run  # train.train_and_evaluate(config, workdir), shared
-  config = local_config(shapes_data_dir)
+  config = local_config(shapes_data_dir, **LOCAL_RUN)
   assert summary["step"] == config.total_steps == 20
   assert np.isfinite(summary["train/loss"])
   assert 0.0 <= summary["zeroshot/acc1"] <= 1.0
