@@ -5,10 +5,12 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 import forkserver
+from flip import flops
 from flip import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +62,9 @@ def test_summary_ratios_and_goals():
 @pytest.mark.slow
 def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   """The driver as on a GPU, with the :local recipes (tiny towers) on this CPU: both tools run
-  in their own processes, the merged JSON has every row, and no goal is claimed. In float32:
-  open_clip's ViT-B-16 in bfloat16 takes 40 s a step on a CPU without bfloat16 instructions."""
+  in their own processes, open_clip's ViT-B-16 with the shrunk recipe's tower sizes, the merged
+  JSON has every row, and no goal is claimed. In float32: bfloat16 is slow on a CPU without
+  bfloat16 instructions."""
   out = tmp_path / "gpu.json"
   result = subprocess.run(
       [*forkserver.python(), "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
@@ -77,6 +80,28 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   assert ours["dtype"] == "float32" and ours["remat"] == ["none", "none"]
   assert not peer["rows"][0]["bfloat16"] and peer["rows"][0]["batch"] == 8
   assert "no goal is checked" in result.stdout
+  # open_clip's model has the :local towers (configs/common.py: shrink_for_cpu), as flip.flops
+  # counts them with open_clip's class token, and a tiny parameter count (ViT-B-16: 150M).
+  assert peer["model"] == "ViT-B-16-resized"
+  local = flops.ClipShape(image_size=32, patch_size=4, image_width=64, image_depth=2,
+                          image_mlp_dim=256, text_len=32, text_width=64, text_depth=1,
+                          text_mlp_dim=256, embed_dim=32, class_token=True,
+                          embed_after_masking=False)
+  assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(local, 0.0, 8)
+  assert peer["rows"][0]["params"] < 3e6
+
+
+@pytest.mark.slow
+def test_peer_sizes_with_an_unknown_field_fail_clearly(tmp_path):
+  sizes = tmp_path / "sizes.json"
+  sizes.write_text(json.dumps({"embed_dim": 32, "vision": {"layers": 2}}))
+  result = subprocess.run(
+      [sys.executable, "tools/open_clip_peer.py", f"--sizes={sizes}", "--steps=1"], cwd=ROOT,
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.splitlines()[-1] == (
+      "error: --sizes: unknown field(s) ['vision']; it sets embed_dim, vision_cfg and text_cfg "
+      "entries.")
 
 
 @pytest.mark.slow

@@ -14,8 +14,9 @@ way, e.g. --config.model.dtype=bfloat16 or --config.model.scan_layers=False.
 
 `--peer=open_clip` also times open_clip's train step (tools/open_clip_peer.py: its own ViT-B-16,
 `patch_dropout` = the mask ratio, ClipLoss, backward, AdamW) at the same batch, image size and
-text length in this process, and prints our images/s over open_clip's. Needs
-`pip install -r requirements-peer.txt`.
+text length in this process, and prints our images/s over open_clip's; `--peer_resized` gives
+that model this recipe's tower sizes (depths, widths, heads, patch, vocabulary: a shrunk :local
+recipe against an open_clip model of its shape). Needs `pip install -r requirements-peer.txt`.
 
 Ratios measured in one run are the figures to compare: absolute times move with whatever else
 the machine is doing.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import time
 
 from absl import flags
@@ -48,6 +50,7 @@ from flip import memory as memory_lib
 from flip import optim
 from flip import sharding
 from flip import train_step
+from flip.formats import open_clip as open_clip_format
 from flip.models import transformer
 import open_clip_peer  # tools/open_clip_peer.py, beside this script
 
@@ -65,6 +68,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps after compiling.", lo
 _JSON = flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 _PEER = flags.DEFINE_enum("peer", None, ["open_clip"], "Also time this implementation.")
 _PEER_MODEL = flags.DEFINE_string("peer_model", "ViT-B-16", "open_clip model name.")
+_PEER_RESIZED = flags.DEFINE_bool("peer_resized", False, "Give --peer_model this recipe's "
+                                  "tower sizes (e.g. for a :local recipe).")
 _PEER_COMPILE = flags.DEFINE_bool("peer_compile", False, "torch.compile open_clip's model.")
 flags.mark_flags_as_required(["config"])
 
@@ -240,14 +245,20 @@ def main(argv):
         f"({dtype}, {peak['shape']})" + (f"; datasheet {datasheet / 1e12:.1f} TFLOP/s"
                                          if datasheet else ""), flush=True)
   rows = [time_step(config, m, _STEPS.value, _WARMUP.value) for m in masks]
-  peer_rows = []
+  peer_rows, peer_model = [], _PEER_MODEL.value
   if _PEER.value == "open_clip":
     logging.set_verbosity(logging.WARNING)  # open_clip logs each model creation at INFO
-    peer_rows = [open_clip_peer.time_step(
-        _PEER_MODEL.value, config.input.global_batch_size, m, config.input.image_size,
-        config.input.text_len, _STEPS.value, _WARMUP.value, compile_model=_PEER_COMPILE.value,
-        device="cuda" if jax.default_backend() == "gpu" else "cpu", bfloat16=dtype == "bfloat16")
-        for m in masks]
+    with tempfile.TemporaryDirectory() as directory:
+      if _PEER_RESIZED.value:
+        peer_model = open_clip_peer.resized(peer_model, open_clip_format.tower_sizes(config),
+                                            directory)
+      peer_rows = [open_clip_peer.time_step(
+          peer_model, config.input.global_batch_size, m, config.input.image_size,
+          config.input.text_len, _STEPS.value, _WARMUP.value, compile_model=_PEER_COMPILE.value,
+          device="cuda" if jax.default_backend() == "gpu" else "cpu",
+          bfloat16=dtype == "bfloat16") for m in masks]
+      peer_shape = open_clip_peer.clip_shape(peer_model, config.input.image_size,
+                                             config.input.text_len)
   # Measured again after the timings; the better of the two is the peak (a shared machine's
   # background load only ever lowers a measurement).
   again = measured_peak(dtype)
@@ -270,19 +281,17 @@ def main(argv):
             "measured_peak": peak, "datasheet_peak": datasheet, "auto_batch": fitted,
             "rows": rows}
   if peer_rows:
-    peer_shape = open_clip_peer.clip_shape(_PEER_MODEL.value, config.input.image_size,
-                                           config.input.text_len)
     for r in peer_rows:
       add_flops(r, peer_shape, peak["flops_per_s"], datasheet, 1)
     add_ratios(peer_rows)
-    print_table(f"open_clip {peer_rows[0]['open_clip']} {_PEER_MODEL.value} (torch "
+    print_table(f"open_clip {peer_rows[0]['open_clip']} {peer_model} (torch "
                 f"{peer_rows[0]['torch']}, {peer_rows[0]['threads']} threads"
                 f"{', torch.compile' if _PEER_COMPILE.value else ''})", peer_rows, False)
     for r, p in zip(rows, peer_rows):
       r["over_peer"] = r["images_per_s"] / p["images_per_s"]
     print("\nimages/s, ours / open_clip: " + ", ".join(
         f"mask {r['mask_ratio']:.2f}: {r['over_peer']:.2f}x" for r in rows))
-    result["peer"] = {"name": "open_clip", "model": _PEER_MODEL.value, "rows": peer_rows}
+    result["peer"] = {"name": "open_clip", "model": peer_model, "rows": peer_rows}
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=2)

@@ -14,7 +14,9 @@ memory), one after the other:
 It prints and writes (JSON) images/s, MFU against the GPU's datasheet peak and ours / open_clip
 per mask ratio, and checks the goals: ours >= 1.3x open_clip's images/s at every mask ratio, and
 MFU >= 45% for L/16 at mask 0. Results are written after each model, so a run cut short keeps
-what it measured. On a CPU it runs too (for a smoke test: --recipe_arg=local --batch=8).
+what it measured. On a CPU it runs too (for a smoke test: --recipe_arg=local --batch=8); with a
+--recipe_arg, open_clip's model gets the tower sizes of that shrunk recipe (open_clip_peer.py
+--sizes) and no goal is checked.
 """
 
 from __future__ import annotations
@@ -78,9 +80,10 @@ def ours_argv(recipe: str, batch: str) -> list[str]:
           "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.model=1"]
 
 
-def peer_argv(model: str, ours: dict) -> list[str]:
+def peer_argv(model: str, ours: dict, sizes: str | None = None) -> list[str]:
   gpu = ours["backend"] == "gpu"
   return [os.path.join(TOOLS, "open_clip_peer.py"), f"--model={model}",
+          *([f"--sizes={sizes}"] if sizes else []),
           f"--batch={ours['batch']}", f"--mask={','.join(_MASKS.value)}",
           f"--image_size={ours['image_size']}", f"--text_len={ours['text_len']}",
           f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}",
@@ -136,6 +139,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv):
   from flip import config_lib  # pylint: disable=g-import-not-at-top  (it imports JAX)
+  from flip.formats import open_clip as open_clip_format  # pylint: disable=g-import-not-at-top
   del argv
   unknown = sorted(set(_MODELS.value) - set(MODELS))
   if unknown:
@@ -154,13 +158,20 @@ def main(argv):
                 timeout=600)
     peer = None
     if "error" not in ours and _PEER.value == "open_clip":
-      print(f"== {size}: open_clip {peer_model} at batch {ours['batch']}", flush=True)
-      peer = _run(peer_argv(peer_model, ours), f"{base}.{size.replace('/', '')}.peer.json",
-                  timeout=600)
+      sizes = None
+      if _RECIPE_ARG.value:  # open_clip's model with the shrunk recipe's tower sizes
+        sizes = f"{base}.{size.replace('/', '')}.peer_sizes.json"
+        with open(sizes, "w") as f:
+          json.dump(open_clip_format.tower_sizes(config_lib.resolve(
+              config_lib.load_recipe(recipe_name, _RECIPE_ARG.value))), f)
+      print(f"== {size}: open_clip {peer_model}{' resized' if sizes else ''} at batch "
+            f"{ours['batch']}", flush=True)
+      peer = _run(peer_argv(peer_model, ours, sizes),
+                  f"{base}.{size.replace('/', '')}.peer.json", timeout=600)
     result["models"][size] = {"ours": ours, "peer": peer}
     if "error" not in ours:
       result["rows"] += summarize(size, ours, peer if peer and "error" not in peer else None)
-    # Shrunk recipes (:local) are not open_clip's towers: nothing to compare or to check.
+    # Shrunk recipes (:local) are not the towers the goals are set for: nothing to check.
     result["goals"] = goals(result["rows"]) if not _RECIPE_ARG.value else {}
     result["wall_s"] = time.time() - start
     with open(_JSON.value, "w") as f:  # after each model: a run cut short keeps its results
@@ -170,8 +181,8 @@ def main(argv):
   print(f"\n{device} (CPU {result['cpu_model']}), {_DTYPE.value}, "
         f"{result['wall_s'] / 60:.1f} min in all:\n{markdown(result['rows'])}")
   if _RECIPE_ARG.value:
-    print(f"(--recipe_arg={_RECIPE_ARG.value}: our towers are the shrunk recipe's, open_clip's "
-          "are not; the ratios compare different models and no goal is checked)")
+    print(f"(--recipe_arg={_RECIPE_ARG.value}: both sides have the shrunk recipe's tower sizes; "
+          "no goal is checked)")
   for goal, met in result["goals"].items():
     print(f"goal {goal}: {'met' if met else 'not met' if met is not None else 'not measured'}")
   failed = [size for size, m in result["models"].items()

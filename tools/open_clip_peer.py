@@ -9,6 +9,10 @@ length, so both sides do the same work per image; no pretrained weights are read
 
 Needs `pip install -r requirements-peer.txt` (torch, torchvision, open-clip-torch).
 
+--sizes=FILE.json sets tower sizes (embed_dim and vision_cfg / text_cfg entries such as layers,
+width, heads) on the named model's config: open_clip's model of another shape, registered as
+MODEL-resized (tools/benchmark_gpu.py --recipe_arg=local: the shrunk recipe's towers).
+
 On its own (tools/benchmark_gpu.py runs it so, in a process of its own beside ours: JAX and
 torch then do not share the GPU's memory):
 
@@ -24,6 +28,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import tempfile
 import time
 
 from flip import errors
@@ -141,6 +147,41 @@ def clip_shape(model_name: str, image_size: int, text_len: int):
       class_token=True, embed_after_masking=False)
 
 
+def read_sizes(path: str) -> dict:
+  """The tower sizes in the JSON file `path` (--sizes)."""
+  try:
+    with open(path) as f:
+      sizes = json.load(f)
+  except FileNotFoundError:
+    raise errors.NotFoundError(f"--sizes: {path} not found.") from None
+  except json.JSONDecodeError as e:
+    raise errors.DataError(f"--sizes: {path} is not JSON: {e}.") from None
+  unknown = sorted(set(sizes) - {"embed_dim", "vision_cfg", "text_cfg"})
+  if unknown:
+    raise errors.ConfigError(f"--sizes: unknown field(s) {unknown}; it sets embed_dim, "
+                             "vision_cfg and text_cfg entries.")
+  return sizes
+
+
+def resized(model_name: str, sizes: dict, directory: str) -> str:
+  """Registers open_clip's config of `model_name` with `sizes` (embed_dim, vision_cfg and
+  text_cfg entries; flip.formats.open_clip.tower_sizes) as `<model_name>-resized` (a model
+  config file written to `directory`); returns that name."""
+  import open_clip  # pylint: disable=g-import-not-at-top
+  cfg = open_clip.get_model_config(model_name)
+  if cfg is None:
+    raise errors.ConfigError(f"open_clip does not know the model {model_name!r}; "
+                             "open_clip.list_models() lists those it knows.")
+  cfg = dict(cfg, **{k: dict(cfg[k], **v) if isinstance(cfg.get(k), dict) else v
+                     for k, v in sizes.items()})
+  name = f"{model_name}-resized"
+  path = os.path.join(directory, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(cfg, f)
+  open_clip.add_model_config(path)
+  return name
+
+
 def _out_of_memory(e: BaseException) -> bool:
   return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
 
@@ -176,26 +217,34 @@ def main(argv):
   device_name = torch.cuda.get_device_name() if f.device == "cuda" else "cpu"
   dtype = "bfloat16" if f.bfloat16 else "float32"
   datasheet = flops.datasheet_peak(device_name, dtype)
-  shape = clip_shape(f.model, f.image_size, f.text_len)
-  rows = []
-  for mask in (float(m) for m in f.mask):
-    row = time_step_fitting(f.model, f.batch, mask, image_size=f.image_size,
-                            text_len=f.text_len, steps=f.steps, warmup=f.warmup,
-                            compile_model=f.compile, device=f.device, bfloat16=f.bfloat16)
-    model_flops = flops.step_flops(shape, mask, row["batch"])
-    row.update(model_flops_per_step=model_flops, flops_per_s=model_flops / row["step_s"],
-               mfu_datasheet=model_flops / row["step_s"] / datasheet if datasheet else None)
-    rows.append(row)
-    print(f"open_clip {f.model} mask {mask:.2f}: batch {row['batch']}, "
-          f"{1e3 * row['step_s']:.1f} ms/step, {row['images_per_s']:.1f} images/s"
-          + (f", MFU {100 * row['mfu_datasheet']:.1f}%" if datasheet else "")
-          + (f" (out of memory at {row['out_of_memory_at']})" if row["out_of_memory_at"] else ""),
-          flush=True)
-  result = {"name": "open_clip", "model": f.model, "device": device_name, "dtype": dtype,
+  with tempfile.TemporaryDirectory() as directory:
+    model = resized(f.model, read_sizes(f.sizes), directory) if f.sizes else f.model
+    shape = clip_shape(model, f.image_size, f.text_len)
+    rows = [_row(model, mask, shape, datasheet) for mask in (float(m) for m in f.mask)]
+  result = {"name": "open_clip", "model": model, "device": device_name, "dtype": dtype,
             "datasheet_peak": datasheet, "rows": rows}
   if f.json:
     with open(f.json, "w") as out:
       json.dump(result, out, indent=2)
+
+
+def _row(model: str, mask: float, shape, datasheet: float | None) -> dict:
+  """One timed mask ratio of main(), printed."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from flip import flops  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  row = time_step_fitting(model, f.batch, mask, image_size=f.image_size, text_len=f.text_len,
+                          steps=f.steps, warmup=f.warmup, compile_model=f.compile,
+                          device=f.device, bfloat16=f.bfloat16)
+  model_flops = flops.step_flops(shape, mask, row["batch"])
+  row.update(model_flops_per_step=model_flops, flops_per_s=model_flops / row["step_s"],
+             mfu_datasheet=model_flops / row["step_s"] / datasheet if datasheet else None)
+  print(f"open_clip {model} mask {mask:.2f}: batch {row['batch']}, "
+        f"{1e3 * row['step_s']:.1f} ms/step, {row['images_per_s']:.1f} images/s"
+        + (f", MFU {100 * row['mfu_datasheet']:.1f}%" if datasheet else "")
+        + (f" (out of memory at {row['out_of_memory_at']})" if row["out_of_memory_at"] else ""),
+        flush=True)
+  return row
 
 
 def _define_flags():
@@ -211,6 +260,8 @@ def _define_flags():
   flags.DEFINE_enum("device", "cpu", ["cpu", "cuda"], "torch device.")
   flags.DEFINE_bool("bfloat16", False, "Autocast to bfloat16 (open_clip's --precision amp_bf16).")
   flags.DEFINE_bool("compile", False, "torch.compile the model.")
+  flags.DEFINE_string("sizes", None, "A JSON file of tower sizes to set on --model's config "
+                      "(embed_dim, vision_cfg and text_cfg entries).")
   flags.DEFINE_string("json", None, "Write the results to this JSON file.")
 
 

@@ -440,7 +440,20 @@ def config_of(config: ml_collections.ConfigDict) -> dict:
     raise errors.ConfigError(
         "open_clip cannot express this model: " + "; ".join(problems) + ". Export it with "
         "--format=safetensors instead (read by flip.inference.FLIPModel.load).")
-  cfg = {
+  cfg = tower_sizes(config)
+  if m.act == "quick_gelu":
+    cfg["quick_gelu"] = True
+  elif m.act != "gelu":
+    raise errors.ConfigError(f"open_clip cannot express model.act={m.act!r}: it has GELU and "
+                             "QuickGELU.")
+  return cfg
+
+
+def tower_sizes(config: ml_collections.ConfigDict) -> dict:
+  """The sizes of a resolved config's towers as open_clip model config fields (embed_dim and
+  the sizes in vision_cfg and text_cfg), whatever else its architecture is."""
+  m = config.model
+  return {
       "embed_dim": int(m.embed_dim),
       "vision_cfg": {"image_size": int(config.input.image_size), "layers": int(m.image.depth),
                      "width": int(m.image.width),
@@ -451,12 +464,6 @@ def config_of(config: ml_collections.ConfigDict) -> dict:
                    "width": int(m.text.width), "heads": int(m.text.num_heads),
                    "layers": int(m.text.depth), "mlp_ratio": float(m.text.mlp_ratio)},
   }
-  if m.act == "quick_gelu":
-    cfg["quick_gelu"] = True
-  elif m.act != "gelu":
-    raise errors.ConfigError(f"open_clip cannot express model.act={m.act!r}: it has GELU and "
-                             "QuickGELU.")
-  return cfg
 
 
 def preprocess_config(config: ml_collections.ConfigDict) -> dict:
