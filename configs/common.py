@@ -88,10 +88,13 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.evals = ml_collections.ConfigDict(kept or {"zeroshot": dict(
       type="zeroshot", dataset="flip_shapes", split="validation",
       templates=("a photo of a {}.",))})
-  for ev in c.evals.values():
+  for ev in c.evals.values():  # a smoke run's evaluations: 500 test images, 1,000 to train a probe
     ev.every_steps = 10
-    if ev.get("type") == "linear_probe":  # a smoke run's probe: 1,000 training images at most
+    if ev.get("type") == "linear_probe":
       ev.max_train_examples = min(ev.get("max_train_examples") or 1000, 1000)
+      ev.max_test_examples = min(ev.get("max_test_examples") or 500, 500)
+    else:
+      ev.max_examples = min(ev.get("max_examples") or 500, 500)
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -11,12 +11,13 @@ import os
 import shutil
 import tempfile
 
-# The tests' programs are tiny: compiling them costs more than running them, and XLA's CPU
-# backend compiles about twice as fast with its LLVM optimizations off (the HLO passes, fusion
-# and sharding included, are unchanged). Inherited by the tests' subprocesses.
+# The tests' programs are tiny and compiled often: XLA's CPU backend at LLVM's -O2 instead of
+# its default -O3 compiles them ~15% faster and runs them as fast (-O0: ~40% faster to compile,
+# up to 2.7x slower to run). The HLO passes, fusion and sharding are unchanged. Inherited by the
+# tests' subprocesses.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+                           " --xla_backend_optimization_level=2").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # inherited by the tests' subprocesses
   _cache = tempfile.mkdtemp(prefix="flip-tests-xla-cache-")
@@ -38,6 +39,16 @@ import tensorflow as tf  # noqa: E402
 tf.config.set_visible_devices([], "GPU")
 
 import pytest  # noqa: E402
+
+
+def xla_flags(devices: int | None = None) -> str:
+  """XLA_FLAGS for a test's subprocess: this session's compile flags, with `devices` simulated
+  CPU devices (None: XLA's default, one)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  if devices is not None:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return " ".join(flags)
 
 
 def session_dir(tmp_path_factory):

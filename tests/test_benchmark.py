@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import forkserver
+from conftest import xla_flags
 from flip import flops
 from flip import hostmem
 from flip import machine
@@ -70,7 +71,7 @@ def test_benchmark_times_open_clip_beside_ours(tmp_path):
   (small) image size, batch and mask ratio."""
   result, table = benchmark(tmp_path, "--mask=0.5", "--peer=open_clip", "--peer_resized",
                             "--batch=8", "--steps=1", "--warmup=0",
-                            "--config.input.image_size=64", env={"XLA_FLAGS": ""})  # 1 device
+                            "--config.input.image_size=64", env={"XLA_FLAGS": xla_flags()})  # 1 device
   assert result.returncode == 0, result.stderr[-3000:]
   peer = table["peer"]
   assert peer["model"] == "ViT-B-16-resized"

@@ -62,13 +62,15 @@ def test_summary_ratios_and_goals():
 @pytest.mark.slow
 def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   """The driver as on a GPU, with the :local recipes (tiny towers) on this CPU: both tools run
-  in their own processes, open_clip's ViT-B-16 with the shrunk recipe's tower sizes, the merged
-  JSON has every row, and no goal is claimed. In float32: bfloat16 is slow on a CPU without
-  bfloat16 instructions."""
+  in their own processes, ours at the largest batch that fits --memory_gib (--batch=auto, the
+  driver's default), open_clip's ViT-B-16 with the shrunk recipe's tower sizes at that batch;
+  the merged JSON has every row, and no goal is claimed. In float32: bfloat16 is slow on a CPU
+  without bfloat16 instructions."""
   out = tmp_path / "gpu.json"
   result = subprocess.run(
       [*forkserver.python(), "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
-       "--batch=8", "--steps=1", "--warmup=0", "--mask=0", "--dtype=float32", f"--json={out}"],
+       "--batch=auto", "--memory_gib=0.25", "--steps=1", "--warmup=0", "--mask=0",
+       "--dtype=float32", f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   table = json.loads(out.read_text())
@@ -78,7 +80,13 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
     assert r["images_per_s"] > 0 and r["peer_images_per_s"] > 0 and r["over_peer"] > 0
   ours, peer = table["models"]["B/16"]["ours"], table["models"]["B/16"]["peer"]
   assert ours["dtype"] == "float32" and ours["remat"] == ["none", "none"]
-  assert not peer["rows"][0]["bfloat16"] and peer["rows"][0]["batch"] == 8
+  # --batch=auto: the largest per-device batch whose compiled step (mask 0) fits the memory;
+  # the timed compile's peak stays within it.
+  fitted = ours["auto_batch"]
+  assert fitted["per_device_batch"] % 8 == 0 and fitted["per_device_batch"] > fitted["probe_batch"]
+  assert ours["batch"] == fitted["per_device_batch"] * ours["device_count"]
+  assert ours["rows"][0]["peak_bytes"] <= 0.25 * memory.GIB
+  assert not peer["rows"][0]["bfloat16"] and peer["rows"][0]["batch"] == ours["batch"]
   assert "no goal is checked" in result.stdout
   # open_clip's model has the :local towers (configs/common.py: shrink_for_cpu), as flip.flops
   # counts them with open_clip's class token, and a tiny parameter count (ViT-B-16: 150M).
@@ -87,7 +95,7 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
                           image_mlp_dim=256, text_len=32, text_width=64, text_depth=1,
                           text_mlp_dim=256, embed_dim=32, class_token=True,
                           embed_after_masking=False)
-  assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(local, 0.0, 8)
+  assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(local, 0.0, ours["batch"])
   assert peer["rows"][0]["params"] < 3e6
 
 
@@ -105,21 +113,9 @@ def test_peer_sizes_with_an_unknown_field_fail_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_auto_batch_fits_the_given_memory(tmp_path):
-  """--batch=auto: the largest per-device batch whose compiled step (mask 0) fits --memory_gib;
-  the timed compile's peak stays within that memory."""
-  out = tmp_path / "auto.json"
-  result = subprocess.run(
-      [*forkserver.python(), "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
-       "--batch=auto", "--memory_gib=0.25", "--mask=0", "--steps=1", "--warmup=0",
-       f"--json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  table = json.loads(out.read_text())
-  fitted = table["auto_batch"]
-  assert fitted["per_device_batch"] % 8 == 0 and fitted["per_device_batch"] > fitted["probe_batch"]
-  assert table["batch"] == fitted["per_device_batch"] * table["device_count"]
-  assert table["rows"][0]["peak_bytes"] <= 0.25 * memory.GIB
-  # A CPU reports no memory limit: --batch=auto needs --memory_gib there.
+def test_auto_batch_on_a_cpu_needs_the_memory(tmp_path):
+  """A CPU reports no memory limit: --batch=auto needs --memory_gib there (the batch it fits is
+  checked by test_gpu_benchmark_runs_end_to_end_on_a_cpu)."""
   bad = subprocess.run(
       [*forkserver.python(), "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
        "--batch=auto", "--mask=0", "--steps=1"], cwd=ROOT, capture_output=True, text=True,

@@ -38,6 +38,12 @@ def test_local_arg_shrinks_every_recipe_to_a_valid_cpu_config(name):
   assert c.input.data == "tfds:flip_shapes" and c.input.image_size <= 32
   assert c.input.global_batch_size <= 64 and c.total_steps <= 50
   assert c.mask_ratio == load(name).mask_ratio  # the recipe's masking is kept
+  for ev in config_lib.resolve(c).evals.values():  # smoke-sized evaluations
+    assert ev.every_steps == 10
+    if ev.type == "linear_probe":
+      assert ev.max_train_examples <= 1000 and ev.max_test_examples <= 500
+    else:
+      assert ev.max_examples <= 500
 
 
 @pytest.mark.parametrize("name,size,mask,warmup", [

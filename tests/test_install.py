@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,8 +25,8 @@ def test_wheel_installs_and_runs_from_elsewhere(shapes_data_dir, tmp_path):
   wheel, = glob.glob(str(wheels / "flip-*.whl"))
   subprocess.run(pip + ["install", "--no-deps", "--target", str(target), wheel], check=True,
                  capture_output=True, timeout=300)
-  env = dict(os.environ, PYTHONPATH=str(target), TFDS_DATA_DIR=shapes_data_dir)
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ, PYTHONPATH=str(target), TFDS_DATA_DIR=shapes_data_dir,
+             XLA_FLAGS=xla_flags())  # one device
 
   def run(*args):
     return subprocess.run(list(args), cwd=elsewhere, env=env, capture_output=True, text=True,

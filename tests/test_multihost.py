@@ -16,6 +16,7 @@ import pytest
 
 import forkserver
 import multihost_worker
+from conftest import xla_flags
 from flip import checkpoint
 from flip import distributed
 from flip import optim
@@ -39,10 +40,8 @@ def process_env(devices: int, **extra: str) -> dict[str, str]:
   """The environment of one process: its own simulated CPU devices, no inherited settings of the
   distributed run (the test session's compile flags are kept)."""
   env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env.update(XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **extra)
+  env.update(XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             **extra)
   return env
 
 
@@ -195,7 +194,7 @@ def test_flip_main_runs_stops_on_sigterm_and_resumes_as_two_processes(shapes_dat
             f"--workdir={workdir}", f"--config.input.data_dir={shapes_data_dir}",
             "--config.total_steps=6", "--config.checkpoint_every_steps=3",
             "--config.log_every_steps=1",
-            "--config.evals.linear_probe.max_train_examples=500" if evals else "--config.evals={}",
+            "--config.evals.linear_probe.max_train_examples=200" if evals else "--config.evals={}",
             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
     start = time.time()
     out = run_processes([(argv + [f"--process_id={i}"], process_env(1)) for i in range(2)],

@@ -16,6 +16,7 @@ import shard_fixtures as fx
 from conftest import LOCAL_RUN
 from conftest import STRAIGHT_RUN
 from conftest import local_demo_config as local_config
+from conftest import xla_flags
 from flip import checkpoint
 from flip import errors
 from flip import train
@@ -221,7 +222,7 @@ for ev in config.evals.values():
   ev.every_steps = 60
 print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r})))
 """
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ, XLA_FLAGS=xla_flags())  # one device
   result = subprocess.run([*forkserver.python(), "-c", code], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -14,9 +14,9 @@ memory), one after the other:
 It prints and writes (JSON) images/s, MFU against the GPU's datasheet peak and ours / open_clip
 per mask ratio, and checks the goals: ours >= 1.3x open_clip's images/s at every mask ratio, and
 MFU >= 45% for L/16 at mask 0. Results are written after each model, so a run cut short keeps
-what it measured. On a CPU it runs too (for a smoke test: --recipe_arg=local --batch=8); with a
---recipe_arg, open_clip's model gets the tower sizes of that shrunk recipe (open_clip_peer.py
---sizes) and no goal is checked.
+what it measured. On a CPU it runs too (a smoke test: --recipe_arg=local with --batch=8, or with
+--memory_gib for --batch=auto); with a --recipe_arg, open_clip's model gets the tower sizes of
+that shrunk recipe (open_clip_peer.py --sizes) and no goal is checked.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ _MODELS = flags.DEFINE_list("models", ["B/16", "L/16"], f"Model sizes, of {sorte
 _MASKS = flags.DEFINE_list("mask", ["0", "0.5", "0.75"], "Mask ratios.")
 _BATCH = flags.DEFINE_string("batch", "auto", "Global batch: a number or 'auto' (the largest "
                              "that fits one device, tools/benchmark.py --batch=auto).")
+_MEMORY = flags.DEFINE_float("memory_gib", None, "Memory per device for --batch=auto where XLA "
+                             "reports no limit (a CPU: the smoke test).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per mask ratio.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.", lower_bound=0)
 _PEER = flags.DEFINE_enum("peer", "open_clip", ["open_clip", "none"], "Compare with it.")
@@ -77,7 +79,8 @@ def ours_argv(recipe: str, batch: str) -> list[str]:
           f"--warmup={_WARMUP.value}", f"--config.model.dtype={_DTYPE.value}",
           "--config.model.attention=auto", "--config.model.scan_layers=True",
           "--config.model.image.remat=none", "--config.model.text.remat=none",
-          "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.model=1"]
+          "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.model=1",
+          *([f"--memory_gib={_MEMORY.value}"] if _MEMORY.value else [])]
 
 
 def peer_argv(model: str, ours: dict, sizes: str | None = None) -> list[str]:
