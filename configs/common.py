@@ -88,7 +88,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
   c.evals = ml_collections.ConfigDict(kept or {"zeroshot": dict(
       type="zeroshot", dataset="flip_shapes", split="validation",
       templates=("a photo of a {}.",))})
-  for ev in c.evals.values():  # a smoke run's evaluations: 500 test images, 1,000 to train a probe
+  # A smoke run's evaluations: 500 test images; a probe trained on 1,000.
+  for ev in c.evals.values():
     ev.every_steps = 10
     if ev.get("type") == "linear_probe":
       ev.max_train_examples = min(ev.get("max_train_examples") or 1000, 1000)

@@ -15,9 +15,10 @@ import tempfile
 # its default -O3 compiles them ~15% faster and runs them as fast (-O0: ~40% faster to compile,
 # up to 2.7x slower to run). The HLO passes, fusion and sharding are unchanged. Inherited by the
 # tests' subprocesses.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=2").strip()
+_flags = os.environ.get("XLA_FLAGS", "").split()  # once: pytest-xdist's workers inherit them
+os.environ["XLA_FLAGS"] = " ".join(_flags + [
+    f for f in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=2")
+    if f not in _flags])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # inherited by the tests' subprocesses
   _cache = tempfile.mkdtemp(prefix="flip-tests-xla-cache-")
@@ -49,6 +50,16 @@ def xla_flags(devices: int | None = None) -> str:
   if devices is not None:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return " ".join(flags)
+
+
+def local_open_clip_shape(image_size: int):
+  """flip.flops' shape of open_clip's model resized to the :local towers (configs/common.py:
+  shrink_for_cpu; tools/open_clip_peer.py --sizes): a class token, every patch embedded."""
+  from flip import flops  # pylint: disable=g-import-not-at-top
+  return flops.ClipShape(image_size=image_size, patch_size=4, image_width=64, image_depth=2,
+                         image_mlp_dim=256, text_len=32, text_width=64, text_depth=1,
+                         text_mlp_dim=256, embed_dim=32, class_token=True,
+                         embed_after_masking=False)
 
 
 def session_dir(tmp_path_factory):

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import forkserver
+from conftest import local_open_clip_shape
 from conftest import xla_flags
 from flip import flops
 from flip import hostmem
@@ -71,7 +72,8 @@ def test_benchmark_times_open_clip_beside_ours(tmp_path):
   (small) image size, batch and mask ratio."""
   result, table = benchmark(tmp_path, "--mask=0.5", "--peer=open_clip", "--peer_resized",
                             "--batch=8", "--steps=1", "--warmup=0",
-                            "--config.input.image_size=64", env={"XLA_FLAGS": xla_flags()})  # 1 device
+                            "--config.input.image_size=64",
+                            env={"XLA_FLAGS": xla_flags()})  # one device
   assert result.returncode == 0, result.stderr[-3000:]
   peer = table["peer"]
   assert peer["model"] == "ViT-B-16-resized"
@@ -80,10 +82,7 @@ def test_benchmark_times_open_clip_beside_ours(tmp_path):
   assert peer["rows"][0]["params"] < 3e6  # ViT-B-16 itself: 150M
   # The :local towers (configs/common.py: shrink_for_cpu) at 64 px with open_clip's class token:
   # 256 patches of 4 px, of which patch dropout keeps 128, as flip.flops counts them.
-  shape = flops.ClipShape(image_size=64, patch_size=4, image_width=64, image_depth=2,
-                          image_mlp_dim=256, text_len=32, text_width=64, text_depth=1,
-                          text_mlp_dim=256, embed_dim=32, class_token=True,
-                          embed_after_masking=False)
+  shape = local_open_clip_shape(64)
   assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(shape, 0.5, 8)
   assert flops.step_flops(shape, 0.5, 8) < 0.75 * flops.step_flops(shape, 0.0, 8)
   for ours, theirs in zip(table["rows"], peer["rows"], strict=True):

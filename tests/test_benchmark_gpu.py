@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import forkserver
+from conftest import local_open_clip_shape
 from flip import flops
 from flip import memory
 
@@ -91,11 +92,8 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   # open_clip's model has the :local towers (configs/common.py: shrink_for_cpu), as flip.flops
   # counts them with open_clip's class token, and a tiny parameter count (ViT-B-16: 150M).
   assert peer["model"] == "ViT-B-16-resized"
-  local = flops.ClipShape(image_size=32, patch_size=4, image_width=64, image_depth=2,
-                          image_mlp_dim=256, text_len=32, text_width=64, text_depth=1,
-                          text_mlp_dim=256, embed_dim=32, class_token=True,
-                          embed_after_masking=False)
-  assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(local, 0.0, ours["batch"])
+  assert peer["rows"][0]["model_flops_per_step"] == flops.step_flops(
+      local_open_clip_shape(32), 0.0, ours["batch"])
   assert peer["rows"][0]["params"] < 3e6
 
 

@@ -55,10 +55,14 @@ def worker(*args):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+def inputs_path(directory, size):
+  return directory / f"inputs_{size}.npz"
+
+
 def inputs_for(directory, size):
   rng = np.random.default_rng(size)
   images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
-  path = directory / f"inputs_{size}.npz"
+  path = inputs_path(directory, size)
   np.savez(path, images=images, texts=np.array(CAPTIONS))
   return path, images
 
@@ -79,7 +83,7 @@ def make(out, name, torch_file=False, layers=None):
 
 
 def read_made(out, name):
-  inputs = out / f"inputs_{oc.model_config(name)['vision_cfg']['image_size']}.npz"
+  inputs = inputs_path(out, oc.model_config(name)["vision_cfg"]["image_size"])
   return out, dict(np.load(out / "ref.npz")), np.load(inputs)["images"], inputs
 
 
