@@ -68,10 +68,19 @@ def session_dir(tmp_path_factory):
   return shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared
 
 
+# The tests' flip_shapes: its first TRAIN_EXAMPLES training examples (of 20,000) and the whole
+# validation and test splits (1,000 each). No test needs more training images than that (the
+# demo-learning test's 40 steps of 256 go round them twice), and generating the other 15,000 would
+# cost ~25 s of CPU before the first test that needs the data set can start.
+TRAIN_EXAMPLES = 5000
+SPLIT_SIZES = {"train": TRAIN_EXAMPLES, "validation": 1000, "test": 1000}
+
+
 @pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory):
-  """A TFDS data_dir holding the generated flip_shapes data set (built once per session, also
-  when pytest-xdist runs the tests in several processes: they share one build under a lock).
+  """A TFDS data_dir holding the generated flip_shapes data set, cut to SPLIT_SIZES (built once
+  per session, also when pytest-xdist runs the tests in several processes: they share one build
+  under a lock).
 
   Set FLIP_TEST_DATA_DIR to reuse a data_dir across sessions while developing.
   """
@@ -83,7 +92,12 @@ def shapes_data_dir(tmp_path_factory):
   os.makedirs(data_dir, exist_ok=True)
   with open(os.path.join(data_dir, ".lock"), "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then reuse it
-    tfds.builder("flip_shapes", data_dir=data_dir).download_and_prepare()
+    builder = tfds.builder("flip_shapes", data_dir=data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        try_download_gcs=False, max_examples_per_split=TRAIN_EXAMPLES))
+  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert sizes == SPLIT_SIZES, (f"{data_dir} holds another build of flip_shapes ({sizes}): "
+                                "remove it, or set FLIP_TEST_DATA_DIR to another directory")
   return data_dir
 
 

@@ -330,11 +330,14 @@ def _accept(listener, running, base_env, base_process, path):
         os.close(fd)
     for target in {0, 1, 2} - set(targets):
       os.close(target)
+    # The program's pid for pid_of, written (atomically) before the program can print anything.
+    pid_file = os.path.join(_pids_dir(path), str(request["stub"]))
+    with open(f"{pid_file}.tmp", "w") as f:
+      f.write(str(os.getpid()))
+    os.replace(f"{pid_file}.tmp", pid_file)
     return request
   for fd in fds:
     os.close(fd)
-  with open(os.path.join(_pids_dir(path), str(request["stub"])), "w") as f:
-    f.write(str(pid))
   running[conn] = pid, what
   _send(conn, {"pid": pid})
   return None

@@ -70,7 +70,7 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   out = tmp_path / "gpu.json"
   result = subprocess.run(
       [*forkserver.python(), "tools/benchmark_gpu.py", "--models=B/16", "--recipe_arg=local",
-       "--batch=auto", "--memory_gib=0.25", "--steps=1", "--warmup=0", "--mask=0",
+       "--batch=auto", "--memory_gib=0.15", "--steps=1", "--warmup=0", "--mask=0",
        "--dtype=float32", f"--json={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -86,7 +86,7 @@ def test_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
   fitted = ours["auto_batch"]
   assert fitted["per_device_batch"] % 8 == 0 and fitted["per_device_batch"] > fitted["probe_batch"]
   assert ours["batch"] == fitted["per_device_batch"] * ours["device_count"]
-  assert ours["rows"][0]["peak_bytes"] <= 0.25 * memory.GIB
+  assert ours["rows"][0]["peak_bytes"] <= 0.15 * memory.GIB
   assert not peer["rows"][0]["bfloat16"] and peer["rows"][0]["batch"] == ours["batch"]
   assert "no goal is checked" in result.stdout
   # open_clip's model has the :local towers (configs/common.py: shrink_for_cpu), as flip.flops

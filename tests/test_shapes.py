@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import conftest
 from flip.data import shapes
 
 NUM_SAMPLED = 2000  # render_example calls per check (~1 ms each)
@@ -123,7 +124,14 @@ def test_tfds_build_and_load(shapes_data_dir):
   builder = tfds.builder("flip_shapes", data_dir=shapes_data_dir)
   assert builder.is_prepared()
   assert builder.info.version == "1.1.0"
-  assert {k: v.num_examples for k, v in builder.info.splits.items()} == shapes.SPLIT_SIZES
+  # The tests' build is cut to conftest.SPLIT_SIZES; the data set is SPLIT_SIZES.
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == conftest.SPLIT_SIZES
+  assert sorted(builder._split_generators(None)) == sorted(shapes.SPLIT_SIZES)
+  # The cut train split is the data set's first TRAIN_EXAMPLES examples.
+  labels = [ex["label"] for ex in tfds.as_numpy(tfds.load("flip_shapes", split="train",
+                                                           data_dir=shapes_data_dir))]
+  want = [shapes._primary_class("train", i) for i in range(conftest.TRAIN_EXAMPLES)]
+  assert np.bincount(labels, minlength=48).tolist() == np.bincount(want, minlength=48).tolist()
   assert builder.info.features["label"].names == shapes.CLASS_NAMES
 
   ds = tfds.load("flip_shapes", split="validation", data_dir=shapes_data_dir)

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+import conftest
 import shard_fixtures as fx
 from flip import config_lib
 from flip import errors
@@ -207,7 +208,8 @@ def test_tfds_source_picks_one_caption_and_shares_by_process(shapes_data_dir):
   assert batch["image"].shape == (8, 16, 16, 3)
   source = pipeline.parse_sources(config)[0]
   units = sources.units(source, 4)
-  assert len(units) == 4 and units[0].endswith("#0#5000") and units[3].endswith("#15000#5000")
+  n = conftest.TRAIN_EXAMPLES // 4  # the training split's records in 4 equal units
+  assert len(units) == 4 and units[0].endswith(f"#0#{n}") and units[3].endswith(f"#{3 * n}#{n}")
 
 
 def test_webp_and_png_images_decode(tmp_path):
