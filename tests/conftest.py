@@ -41,6 +41,8 @@ tf.config.set_visible_devices([], "GPU")
 
 import pytest  # noqa: E402
 
+from flip.data import shapes  # noqa: E402  (registers the flip_shapes builder)
+
 
 def xla_flags(devices: int | None = None) -> str:
   """XLA_FLAGS for a test's subprocess: this session's compile flags, with `devices` simulated
@@ -73,7 +75,7 @@ def session_dir(tmp_path_factory):
 # demo-learning test's 40 steps of 256 go round them twice), and generating the other 15,000 would
 # cost ~25 s of CPU before the first test that needs the data set can start.
 TRAIN_EXAMPLES = 5000
-SPLIT_SIZES = {"train": TRAIN_EXAMPLES, "validation": 1000, "test": 1000}
+SPLIT_SIZES = {split: min(n, TRAIN_EXAMPLES) for split, n in shapes.SPLIT_SIZES.items()}
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +88,6 @@ def shapes_data_dir(tmp_path_factory):
   """
   import fcntl
   import tensorflow_datasets as tfds
-  from flip.data import shapes  # noqa: F401  (registers the builder)
   data_dir = os.environ.get("FLIP_TEST_DATA_DIR") or str(
       session_dir(tmp_path_factory) / "tfds_flip_shapes")
   os.makedirs(data_dir, exist_ok=True)

@@ -131,7 +131,8 @@ def test_tfds_build_and_load(shapes_data_dir):
   labels = [ex["label"] for ex in tfds.as_numpy(tfds.load("flip_shapes", split="train",
                                                            data_dir=shapes_data_dir))]
   want = [shapes._primary_class("train", i) for i in range(conftest.TRAIN_EXAMPLES)]
-  assert np.bincount(labels, minlength=48).tolist() == np.bincount(want, minlength=48).tolist()
+  assert (np.bincount(labels, minlength=shapes.NUM_CLASSES).tolist() ==
+          np.bincount(want, minlength=shapes.NUM_CLASSES).tolist())
   assert builder.info.features["label"].names == shapes.CLASS_NAMES
 
   ds = tfds.load("flip_shapes", split="validation", data_dir=shapes_data_dir)

@@ -196,6 +196,9 @@ def test_cli_reports_missing_dataset(tmp_path):
   assert "--config.input.data" in result.stderr
 
 
+DEMO_STEPS = 40  # of the demo's 2,200
+
+
 def test_demo_learns_well_above_chance(shapes_data_dir, tmp_path):
   """A shortened demo run (40 of its 2200 steps, its schedule shortened with it; the probe on
   1,000 training images) beats chance (1/48) zero-shot by far.
@@ -216,10 +219,10 @@ from flip import train
 from flip.configs import demo
 config = demo.get_config()
 config.input.data_dir = {shapes_data_dir!r}
-config.total_steps = config.checkpoint_every_steps = 40
+config.total_steps = config.checkpoint_every_steps = {DEMO_STEPS}
 config.evals.linear_probe.max_train_examples = 1000
 for ev in config.evals.values():
-  ev.every_steps = 40
+  ev.every_steps = {DEMO_STEPS}
 print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r})))
 """
   env = dict(os.environ, XLA_FLAGS=xla_flags())  # one device
@@ -228,10 +231,10 @@ print("SUMMARY", json.dumps(train.train_and_evaluate(config, {str(tmp_path)!r}))
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
   chance = 1 / 48
-  print(f"demo after 40 steps: zero-shot top-1 {summary['zeroshot/acc1']:.3f}, "
+  print(f"demo after {DEMO_STEPS} steps: zero-shot top-1 {summary['zeroshot/acc1']:.3f}, "
         f"i2t top-1 {summary['retrieval/text_retrieval_recall@1']:.3f}, "
         f"probe {summary['linear_probe/acc1']:.3f}")
-  assert summary["step"] == 40
+  assert summary["step"] == DEMO_STEPS
   assert summary["zeroshot/acc1"] > 5 * chance, summary
   assert summary["retrieval/text_retrieval_recall@1"] > 5 / 1000, summary  # chance: 1 of 1000 images
   assert summary["linear_probe/acc1"] > 2 * chance, summary
