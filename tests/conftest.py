@@ -6,9 +6,11 @@ for each session: a session still compiles every program once, and no stale cach
 """
 
 import atexit
+import importlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 # The tests' programs are tiny and compiled often: XLA's CPU backend at LLVM's -O2 instead of
@@ -35,13 +37,24 @@ if hostmem.wanted() and not hostmem.active():
   os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"),
                                                          hostmem.TUNABLE]))
 
-import tensorflow as tf  # noqa: E402
-
-tf.config.set_visible_devices([], "GPU")
-
 import pytest  # noqa: E402
 
-from flip.data import shapes  # noqa: E402  (registers the flip_shapes builder)
+# A suite started in the background by a non-interactive shell (or by nohup) inherits SIGINT
+# ignored, and so would the programs the tests start: the tests of signal handling need Python's
+# own handler.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_sessionstart(session):
+  """TensorFlow off the accelerators and the flip_shapes builder registered, before the test
+  modules are imported; not in pytest-xdist's controller, which runs no tests (importing
+  TensorFlow there would delay the workers' start by seconds)."""
+  if session.config.pluginmanager.has_plugin("dsession"):
+    return
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  importlib.import_module("flip.data.shapes")  # registers the flip_shapes builder
 
 
 def xla_flags(devices: int | None = None) -> str:
@@ -52,6 +65,23 @@ def xla_flags(devices: int | None = None) -> str:
   if devices is not None:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   return " ".join(flags)
+
+
+def jit_apply(module, variables, *args, **kwargs):
+  """`module.apply(variables, *args, **kwargs)` compiled as one program. A Flax model applied
+  eagerly runs op by op, each operation compiled on its own: 2-3x the CPU of one jit for the
+  tests' tiny models. The array arguments and the rngs are traced; the other arguments (mask
+  ratios, method=, flags) are fixed in the program."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  traced = {i: a for i, a in enumerate(args) if isinstance(a, (jax.Array, np.ndarray))}
+  rngs = kwargs.pop("rngs", None)
+
+  def run(variables, traced, rngs):
+    return module.apply(variables, *(traced.get(i, a) for i, a in enumerate(args)), rngs=rngs,
+                        **kwargs)
+
+  return jax.jit(run)(variables, traced, rngs)
 
 
 def local_open_clip_shape(image_size: int):
@@ -75,12 +105,17 @@ def session_dir(tmp_path_factory):
 # demo-learning test's 40 steps of 256 go round them twice), and generating the other 15,000 would
 # cost ~25 s of CPU before the first test that needs the data set can start.
 TRAIN_EXAMPLES = 5000
-SPLIT_SIZES = {split: min(n, TRAIN_EXAMPLES) for split, n in shapes.SPLIT_SIZES.items()}
+
+
+def split_sizes() -> dict[str, int]:
+  """The tests' flip_shapes split sizes: the data set's, cut to TRAIN_EXAMPLES."""
+  from flip.data import shapes  # pylint: disable=g-import-not-at-top
+  return {split: min(n, TRAIN_EXAMPLES) for split, n in shapes.SPLIT_SIZES.items()}
 
 
 @pytest.fixture(scope="session")
 def shapes_data_dir(tmp_path_factory):
-  """A TFDS data_dir holding the generated flip_shapes data set, cut to SPLIT_SIZES (built once
+  """A TFDS data_dir holding the generated flip_shapes data set, cut to split_sizes() (built once
   per session, also when pytest-xdist runs the tests in several processes: they share one build
   under a lock).
 
@@ -97,7 +132,7 @@ def shapes_data_dir(tmp_path_factory):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         try_download_gcs=False, max_examples_per_split=TRAIN_EXAMPLES))
   sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
-  assert sizes == SPLIT_SIZES, (f"{data_dir} holds another build of flip_shapes ({sizes}): "
+  assert sizes == split_sizes(), (f"{data_dir} holds another build of flip_shapes ({sizes}): "
                                 "remove it, or set FLIP_TEST_DATA_DIR to another directory")
   return data_dir
 

@@ -24,6 +24,7 @@ from flip.evaluation import suite
 from flip.evaluation import zeroshot
 from flip.configs import demo
 from flip.models import flip as flip_lib
+from conftest import jit_apply
 from shard_fixtures import write_clip_benchmark_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,11 +53,12 @@ def test_sharded_encoder_embeds_every_example_once(model_and_params):
   encoder = embed.Embedder(model, tokenizer_lib.Tokenizer(None, 32), mesh, 16)
   images = np.random.default_rng(0).standard_normal((37, 32, 32, 3)).astype(np.float32)
   got = encoder.images(params, images)
-  want = np.asarray(model.apply({"params": params}, images, method=flip_lib.FLIP.encode_image))
+  want = np.asarray(jit_apply(model, {"params": params}, images,
+                             method=flip_lib.FLIP.encode_image))
   assert got.shape == want.shape == (37, config.model.embed_dim)
   np.testing.assert_allclose(got, want, atol=2e-5)
   texts = [f"a red shape number {i}" for i in range(21)]
-  want_t = np.asarray(model.apply({"params": params}, encoder.tokenizer(texts),
+  want_t = np.asarray(jit_apply(model, {"params": params}, encoder.tokenizer(texts),
                                   method=flip_lib.FLIP.encode_text))
   np.testing.assert_allclose(encoder.texts(params, texts), want_t, atol=2e-5)
 

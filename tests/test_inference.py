@@ -20,6 +20,7 @@ from flip.data import pipeline
 from flip.data import shapes
 from flip.configs import demo
 from flip.models import flip as flip_lib
+from conftest import jit_apply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +62,7 @@ def test_encoders_match_the_model_and_the_eval_transform(model, run_dir, images)
   import tensorflow as tf
   pixels = np.stack([pipeline.normalize(pipeline.center_crop(
       tf.cast(pipeline.decode(tf.io.read_file(p)), tf.float32), 32)).numpy() for p in images])
-  want = net.apply({"params": params}, pixels, method=flip_lib.FLIP.encode_image)
+  want = jit_apply(net, {"params": params}, pixels, method=flip_lib.FLIP.encode_image)
   got = model.encode_images(images)  # 5 images in batches of 4: one padded batch
   assert got.shape == (5, config.model.embed_dim)
   np.testing.assert_allclose(got, want, atol=1e-5)
@@ -69,7 +70,8 @@ def test_encoders_match_the_model_and_the_eval_transform(model, run_dir, images)
   np.testing.assert_allclose(model.encode_images(arrays), got, atol=1e-6)  # arrays
   np.testing.assert_allclose(model.encode_images([Image.open(p) for p in images]), got, atol=1e-6)
   texts = ["a red circle", "a small blue square on stripes"]
-  want_t = net.apply({"params": params}, model.tokenizer(texts), method=flip_lib.FLIP.encode_text)
+  want_t = jit_apply(net, {"params": params}, model.tokenizer(texts),
+                     method=flip_lib.FLIP.encode_text)
   np.testing.assert_allclose(model.encode_texts(texts), want_t, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
 

@@ -15,6 +15,7 @@ from flip.models import flip as flip_lib
 from flip.models import text as text_lib
 from flip.models import transformer
 from flip.models import vit
+from conftest import jit_apply
 
 
 def count(tree):
@@ -83,8 +84,8 @@ def init(model, size=16):
 def test_mask_zero_equals_no_masking():
   model = tiny_model()
   params, images, _ = init(model)
-  plain = model.apply({"params": params}, images, method=flip_lib.FLIP.encode_image)
-  zero = model.apply({"params": params}, images, 0.0, method=flip_lib.FLIP.encode_image,
+  plain = jit_apply(model, {"params": params}, images, method=flip_lib.FLIP.encode_image)
+  zero = jit_apply(model, {"params": params}, images, 0.0, method=flip_lib.FLIP.encode_image,
                      rngs={"mask": jax.random.key(3)})
   np.testing.assert_array_equal(plain, zero)
   # Independently: a ratio-0 random_masking is a pure permutation, which the encoder + GAP ignore.
@@ -92,14 +93,15 @@ def test_mask_zero_equals_no_masking():
   x = jax.random.normal(jax.random.key(4), (3, 16, 32))
   shuffled, _ = vit.random_masking(x, jax.random.key(5), 0.0)
   ep = jax.jit(encoder.init)(jax.random.key(0), x)
-  np.testing.assert_allclose(encoder.apply(ep, x).mean(1), encoder.apply(ep, shuffled).mean(1),
+  np.testing.assert_allclose(jit_apply(encoder, ep, x).mean(1),
+                             jit_apply(encoder, ep, shuffled).mean(1),
                              atol=1e-5)
 
 
 def test_masked_forward_is_random_per_rng():
   model = tiny_model()
   params, images, _ = init(model)
-  outs = [model.apply({"params": params}, images, 0.5, method=flip_lib.FLIP.encode_image,
+  outs = [jit_apply(model, {"params": params}, images, 0.5, method=flip_lib.FLIP.encode_image,
                       rngs={"mask": jax.random.key(k)}) for k in (0, 0, 1)]
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.allclose(outs[0], outs[2])
@@ -111,9 +113,8 @@ def test_text_ignores_padding():
   tokens = np.zeros((2, 32), np.int32)
   tokens[0, :5] = [98, 7, 8, 9, 99]
   tokens[1, :3] = [98, 7, 99]
-  full = model.apply({"params": params}, jnp.asarray(tokens), method=flip_lib.FLIP.encode_text)
-  short = model.apply({"params": params}, jnp.asarray(tokens[:, :6]),
-                      method=flip_lib.FLIP.encode_text)
+  full = jit_apply(model, {"params": params}, tokens, method=flip_lib.FLIP.encode_text)
+  short = jit_apply(model, {"params": params}, tokens[:, :6], method=flip_lib.FLIP.encode_text)
   np.testing.assert_allclose(full, short, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(full, axis=-1), 1.0, rtol=1e-5)
   assert text_lib.PAD_ID == 0
@@ -125,7 +126,7 @@ def test_logit_scale_init_and_clip():
   assert np.isclose(params["logit_scale"], math.log(1 / 0.07))
   for value, want in [(10.0, math.log(100)), (-1.0, 0.0), (2.0, 2.0)]:
     p = dict(params, logit_scale=jnp.asarray(value))
-    _, _, scale = model.apply({"params": p}, images, tokens)
+    _, _, scale = jit_apply(model, {"params": p}, images, tokens)
     assert np.isclose(scale, want)
 
 
@@ -148,9 +149,14 @@ def test_masking_before_the_patch_embedding_equals_masking_after_it(monkeypatch)
     return out, idx
 
   monkeypatch.setattr(vit, "random_masking", recording)
-  got = model.apply({"params": params}, images, 0.75, method=flip_lib.FLIP.encode_image,
-                    rngs={"mask": jax.random.key(7)})
-  (idx,) = kept
+
+  def encode(params, images):  # one program, its kept patches an output
+    out = model.apply({"params": params}, images, 0.75, method=flip_lib.FLIP.encode_image,
+                      rngs={"mask": jax.random.key(7)})
+    (idx,) = kept
+    return out, idx
+
+  got, idx = jax.jit(encode)(params, images)
   assert idx.shape == (3, 4)  # 16 patches of 4x4 in a 16x16 image, a quarter kept
   image = params["image"]
   patches = einops.rearrange(images, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=4, p2=4)
@@ -159,7 +165,7 @@ def test_masking_before_the_patch_embedding_equals_masking_after_it(monkeypatch)
   tokens = np.take_along_axis(np.asarray(tokens), np.asarray(idx)[..., None], axis=1)
   encoder = transformer.Encoder(depth=2, num_heads=2,
                                 options=transformer.TowerOptions(scan=True))
-  features = encoder.apply({"params": image["encoder"]}, jnp.asarray(tokens)).mean(axis=1)
+  features = jit_apply(encoder, {"params": image["encoder"]}, tokens).mean(axis=1)
   want = flip_lib.l2_normalize(features @ params["image_proj"]["kernel"])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -199,8 +205,8 @@ def test_attention_choice_is_checked_and_xla_equals_auto_on_cpu():
   c.model.text.update(depth=2, width=32, num_heads=2, vocab_size=100)
   c.model.embed_dim = 16
   c.model.attention = "xla"
-  forced = flip_lib.from_config(c.model).apply({"params": params}, images, tokens)
-  for a, b in zip(forced, model.apply({"params": params}, images, tokens)):
+  forced = jit_apply(flip_lib.from_config(c.model), {"params": params}, images, tokens)
+  for a, b in zip(forced, jit_apply(model, {"params": params}, images, tokens)):
     np.testing.assert_array_equal(a, b)
 
 
@@ -215,8 +221,8 @@ def test_masking_never_drops_the_class_token():
   params = nn.unbox(jax.jit(tower.init)(jax.random.key(1), images)["params"])
   assert params["pos_embed"].shape == (17, 32) and "bias" not in params["patch_embed"]
   for ratio in (0.0, 0.5, 0.9):
-    out, state = tower.apply({"params": params}, images, ratio, rngs={"mask": jax.random.key(2)},
-                             capture_intermediates=True)
+    out, state = jit_apply(tower, {"params": params}, images, ratio,
+                           rngs={"mask": jax.random.key(2)}, capture_intermediates=True)
     assert out.shape == (3, 32) and np.isfinite(out).all()
     encoded = state["intermediates"]["encoder"]["__call__"][0]
     assert encoded.shape == (3, 1 + vit.keep_length(16, ratio), 32), ratio

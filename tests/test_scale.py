@@ -15,6 +15,7 @@ from flip import optim
 from flip import sharding
 from flip import train_step
 from flip.models import flip as flip_lib
+from conftest import jit_apply
 
 
 def small_config(mesh=None, **model):
@@ -105,8 +106,8 @@ def test_unscanned_model_equals_scanned(one_device):
   outputs = []
   for scan, p in ((True, params), (False, unstack_blocks(params, 2))):
     model = flip_lib.from_config(small_config(scan_layers=scan).model)
-    outputs.append(model.apply({"params": p}, batch["image"], batch["text"], mask_ratio=0.5,
-                               rngs={"mask": jax.random.key(5)}))
+    outputs.append(jit_apply(model, {"params": p}, batch["image"], batch["text"], mask_ratio=0.5,
+                             rngs={"mask": jax.random.key(5)}))
   for got, want in zip(*outputs):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

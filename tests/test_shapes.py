@@ -124,8 +124,8 @@ def test_tfds_build_and_load(shapes_data_dir):
   builder = tfds.builder("flip_shapes", data_dir=shapes_data_dir)
   assert builder.is_prepared()
   assert builder.info.version == "1.1.0"
-  # The tests' build is cut to conftest.SPLIT_SIZES; the data set is SPLIT_SIZES.
-  assert {k: v.num_examples for k, v in builder.info.splits.items()} == conftest.SPLIT_SIZES
+  # The tests' build is cut to conftest.split_sizes(); the data set is SPLIT_SIZES.
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == conftest.split_sizes()
   assert sorted(builder._split_generators(None)) == sorted(shapes.SPLIT_SIZES)
   # The cut train split is the data set's first TRAIN_EXAMPLES examples.
   labels = [ex["label"] for ex in tfds.as_numpy(tfds.load("flip_shapes", split="train",

@@ -18,6 +18,7 @@ from flip.models import convert
 from flip.configs import common
 from flip.configs import demo
 from flip.models import flip as flip_lib
+from conftest import jit_apply
 
 
 
@@ -79,11 +80,11 @@ def test_loads_into_a_new_resolution_with_fresh_optimizer_state(pretrained_run):
   model = flip_lib.from_config(c.model)
   images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
   tokens = np.arange(16).reshape(2, 8) % 63 + 1
-  img, txt, _ = model.apply({"params": state.params}, images, tokens)
+  img, txt, _ = jit_apply(model, {"params": state.params}, images, tokens)
   assert img.shape == (2, 16) and np.isfinite(np.asarray(img)).all()
   src_model = flip_lib.from_config(tiny().model)  # the text tower is untouched
-  np.testing.assert_allclose(txt, src_model.apply({"params": source}, tokens,
-                                                  method=flip_lib.FLIP.encode_text), atol=1e-6)
+  np.testing.assert_allclose(txt, jit_apply(src_model, {"params": source}, tokens,
+                                            method=flip_lib.FLIP.encode_text), atol=1e-6)
 
 
 def test_unrolled_model_loads_scanned_checkpoint(pretrained_run):
@@ -180,8 +181,8 @@ def test_masked_inference_is_an_evaluator_option(shapes_data_dir):
   np.testing.assert_array_equal(masked, encoder.images(params, images, 0.5))  # repeatable
   assert np.abs(full - masked).max() > 1e-3
   rng = jax.random.fold_in(jax.random.key(embed.MASK_SEED), 0)  # the first batch's masks
-  want = model.apply({"params": params}, images[:16], 0.5, method=flip_lib.FLIP.encode_image,
-                     rngs={"mask": rng})
+  want = jit_apply(model, {"params": params}, images[:16], 0.5,
+                   method=flip_lib.FLIP.encode_image, rngs={"mask": rng})
   np.testing.assert_allclose(masked[:16], want, atol=2e-5)
 
   # Every evaluator passes its mask_ratio option to the image encoder.
