@@ -10,6 +10,8 @@ first, as every test process has): builds models, writes their weights, embeds.
   python tests/open_clip_worker.py load MODEL WEIGHTS INPUTS.npz OUT.npz
       create_model_and_transforms(MODEL, pretrained=WEIGHTS) (MODEL a name, a JSON model config
       or "local-dir:DIR" with WEIGHTS "-"), then the same embeddings into OUT.npz.
+  python tests/open_clip_worker.py jobs '[[COMMAND, ARGS...], ...]'
+      each command of the JSON list in turn, in this one process (torch is imported once).
 INPUTS.npz: images (uint8 [n, S, S, 3], already at the model's size) and texts (str [m]).
 """
 
@@ -36,12 +38,13 @@ def embed(model, inputs):
               tokens=tokens.numpy())
 
 
-def main():
-  torch.manual_seed(0)
-  command = sys.argv[1]
+def run(argv):
+  """One command: argv as on the command line, after the script's name."""
+  torch.manual_seed(0)  # each model's weights as if it were made alone
+  command = argv[0]
   if command == "make":
-    name, out, inputs = sys.argv[2:5]
-    layers = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--layers=")]
+    name, out, inputs = argv[1:4]
+    layers = [a.split("=", 1)[1] for a in argv if a.startswith("--layers=")]
     if layers:  # the named config, shallower, registered under the same name
       cfg = json.loads(json.dumps(open_clip.get_model_config(name)))
       cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = int(layers[0])
@@ -60,11 +63,11 @@ def main():
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
     save_file(state, f"{out}/model.safetensors")
-    if "--bin" in sys.argv:
+    if "--bin" in argv:
       torch.save(state, f"{out}/model.bin")
     np.savez(f"{out}/ref.npz", **embed(model, np.load(inputs)))
   elif command == "load":
-    name, weights, inputs, out = sys.argv[2:6]
+    name, weights, inputs, out = argv[1:5]
     if name.endswith(".json"):
       open_clip.add_model_config(name)
       name = name.rsplit("/", 1)[-1][:-len(".json")]
@@ -76,6 +79,14 @@ def main():
     np.savez(out, **embed(model, np.load(inputs)))
   else:
     raise SystemExit(f"unknown command {command}")
+
+
+def main():
+  if sys.argv[1] == "jobs":
+    for argv in json.loads(sys.argv[2]):
+      run(argv)
+  else:
+    run(sys.argv[1:])
 
 
 if __name__ == "__main__":

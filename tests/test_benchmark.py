@@ -31,11 +31,13 @@ def _load_tool(name: str):
 open_clip_peer = _load_tool("open_clip_peer")
 
 
-def benchmark(tmp_path, *args, env=None):
+def benchmark(tmp_path, *args, env=None, torch=None):
+  """tools/benchmark.py on the :local recipe. A run that loads torch (the open_clip peer; say
+  torch=False for one refused before it is loaded) in a new Python: torch's triton crashes
+  beside the fork server's libraries (tests/forkserver.py)."""
   out = tmp_path / "bench.json"
-  # A run with the torch peer in a new Python: torch's triton crashes beside the fork server's
-  # libraries (tests/forkserver.py).
-  python = [sys.executable] if "--peer=open_clip" in args else forkserver.python()
+  torch = "--peer=open_clip" in args if torch is None else torch
+  python = [sys.executable] if torch else forkserver.python()
   result = subprocess.run(
       [*python, "tools/benchmark.py", "--config=configs/vitb16_mask50.py:local",
        "--steps=2", "--warmup=1", "--batch=16", f"--json={out}", *args],
@@ -89,7 +91,7 @@ def test_benchmark_times_open_clip_beside_ours(tmp_path):
     assert ours["over_peer"] == pytest.approx(ours["images_per_s"] / theirs["images_per_s"])
   assert "ours / open_clip" in result.stdout
   # Ours on 8 (simulated) devices against one torch process would not be a comparison.
-  result, _ = benchmark(tmp_path, "--mask=0", "--peer=open_clip")
+  result, _ = benchmark(tmp_path, "--mask=0", "--peer=open_clip", torch=False)
   assert result.returncode != 0 and "one device" in result.stderr
 
 

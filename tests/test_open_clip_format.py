@@ -47,10 +47,13 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
-def worker(*args):
-  """tests/open_clip_worker.py in a new Python (torch's triton crashes beside the fork server's
-  libraries: tests/forkserver.py)."""
-  result = subprocess.run([sys.executable, "tests/open_clip_worker.py", *map(str, args)],
+def worker(*commands):
+  """tests/open_clip_worker.py's commands (each a list of its arguments) in turn, in one new
+  Python (torch's triton crashes beside the fork server's libraries: tests/forkserver.py; and
+  importing torch costs seconds of CPU)."""
+  args = ["jobs", json.dumps([list(map(str, c)) for c in commands])] if len(commands) > 1 else (
+      list(map(str, commands[0])))
+  result = subprocess.run([sys.executable, "tests/open_clip_worker.py", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
 
@@ -67,22 +70,17 @@ def inputs_for(directory, size):
   return path, images
 
 
-def made(tmp_path_factory, name, torch_file=False, layers=None):
-  """open_clip `name` with random weights (`layers` blocks per tower if given): (its files'
-  directory, reference outputs, images, inputs file); the weights as model.safetensors and,
-  with torch_file, model.bin."""
-  out = tmp_path_factory.mktemp(os.path.basename(name))
-  make(out, name, torch_file, layers)
-  return read_made(out, name)
-
-
 def make(out, name, torch_file=False, layers=None):
+  """The worker's command that makes open_clip `name` with random weights (`layers` blocks per
+  tower if given) in `out`: the weights as model.safetensors and, with torch_file, model.bin,
+  and the reference outputs (read_made reads them)."""
   inputs, _ = inputs_for(out, oc.model_config(name)["vision_cfg"]["image_size"])
-  worker("make", name, out, inputs, *(["--bin"] if torch_file else []),
-         *([f"--layers={layers}"] if layers else []))
+  return ["make", name, out, inputs, *(["--bin"] if torch_file else []),
+          *([f"--layers={layers}"] if layers else [])]
 
 
 def read_made(out, name):
+  """(the files' directory, reference outputs, images, inputs file) of a made model."""
   inputs = inputs_path(out, oc.model_config(name)["vision_cfg"]["image_size"])
   return out, dict(np.load(out / "ref.npz")), np.load(inputs)["images"], inputs
 
@@ -143,26 +141,38 @@ def tiny(tmp_path_factory):
   def build(directory):
     path = pathlib.Path(directory) / "tiny_clip.json"
     path.write_text(json.dumps(TINY))
-    make(pathlib.Path(directory), str(path), torch_file=True)
+    worker(make(pathlib.Path(directory), str(path), torch_file=True))
 
   path = pathlib.Path(built_once(tmp_path_factory, "open_clip_tiny", build)) / "tiny_clip.json"
   return path, read_made(path.parent, str(path))
 
 
-@pytest.mark.parametrize("name", [
-    "tiny",
-    pytest.param("ViT-B-32", marks=pytest.mark.slow),
-    pytest.param("ViT-B-32-quickgelu", marks=pytest.mark.slow),
-    pytest.param("ViT-B-16", marks=pytest.mark.slow),
-    pytest.param("ViT-L-14", marks=pytest.mark.slow),
-])
-def test_imported_model_equals_open_clip(request, tmp_path_factory, name):
+NAMED = ("ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14")
+
+
+@pytest.fixture(scope="session")
+def named(tmp_path_factory):
+  """{name: directory} of the NAMED models with SHALLOW blocks and random weights, made once per
+  session by one open_clip process (the tests only read the directories)."""
+  def build(directory):
+    outs = [pathlib.Path(directory) / name for name in NAMED]
+    for out in outs:
+      out.mkdir()
+    worker(*(make(out, name, layers=SHALLOW) for out, name in zip(outs, NAMED)))
+
+  root = pathlib.Path(built_once(tmp_path_factory, "open_clip_named", build))
+  return {name: root / name for name in NAMED}
+
+
+@pytest.mark.parametrize("name", ["tiny", *(pytest.param(n, marks=pytest.mark.slow)
+                                            for n in NAMED)])
+def test_imported_model_equals_open_clip(request, name):
   if name == "tiny":
     path, (out, ref, images, _) = request.getfixturevalue("tiny")
     name = str(path)
     cfg = oc.model_config(name)
   else:  # SHALLOW blocks: test_listed_models_are_open_clips_own_configs checks the full ones
-    out, ref, images, _ = made(tmp_path_factory, name, layers=SHALLOW)
+    out, ref, images, _ = read_made(request.getfixturevalue("named")[name], name)
     cfg = shallow(oc.model_config(name), SHALLOW)
   config = oc.apply(config_lib.base_config(), cfg)
   params = oc.to_params(oc.read_state_dict(str(out / "model.safetensors")), cfg, name)
@@ -212,10 +222,11 @@ def test_import_tool_writes_a_workdir_that_inference_and_export_read(tiny, tmp_p
   assert sorted(back) == sorted(original)
   for key, value in original.items():  # an imported model round-trips bit-exactly
     np.testing.assert_array_equal(back[key], value, err_msg=key)
-  for model_name, weights in ((path, exported / "open_clip_model.safetensors"),
-                              (f"local-dir:{exported}", "-")):
-    worker("load", model_name, weights, inputs, tmp_path / "loaded.npz")
-    loaded = dict(np.load(tmp_path / "loaded.npz"))
+  ways = ((path, exported / "open_clip_model.safetensors"), (f"local-dir:{exported}", "-"))
+  worker(*(["load", model_name, weights, inputs, tmp_path / f"loaded_{i}.npz"]
+           for i, (model_name, weights) in enumerate(ways)))
+  for i, (model_name, _) in enumerate(ways):
+    loaded = dict(np.load(tmp_path / f"loaded_{i}.npz"))
     check_equal(f"exported, loaded as {model_name}", loaded, image, text, model.logit_scale,
                 model.tokenizer(CAPTIONS))
 
