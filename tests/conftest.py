@@ -210,12 +210,19 @@ def straight_run(shapes_data_dir, tmp_path_factory):
                               _trained(shapes_data_dir, **STRAIGHT_RUN)))
 
 
+# The files whose slow tests take the longest wall-clock, mostly waiting (processes in gloo's
+# collectives, runs timed against a budget): 1-2 minutes each, which at the end of a run would
+# leave the other workers idle.
+LONG_FIRST = ("test_multihost.py", "test_tools_tuning.py")
+
+
 def pytest_collection_modifyitems(config, items):
-  """The files with the most slow tests first (each file's tests together and in order, so that
-  module fixtures are built once): under pytest-xdist the long runs start early and the short
-  tests fill the gaps at the end, instead of one long test running alone there."""
+  """LONG_FIRST, then the files with the most slow tests (each file's tests together and in
+  order, so that module fixtures are built once): under pytest-xdist the long runs start early
+  and the short tests fill the gaps at the end, instead of one long test running alone there."""
   del config
   slow = {}
   for item in items:
     slow[item.path] = slow.get(item.path, 0) + bool(item.get_closest_marker("slow"))
-  items.sort(key=lambda item: -slow[item.path])  # stable: the files' own order within each
+  # Stable: the files' own order within each.
+  items.sort(key=lambda item: (item.path.name not in LONG_FIRST, -slow[item.path]))
