@@ -59,7 +59,7 @@ def test_sharded_encoder_embeds_every_example_once(model_and_params):
   np.testing.assert_allclose(got, want, atol=2e-5)
   texts = [f"a red shape number {i}" for i in range(21)]
   want_t = np.asarray(jit_apply(model, {"params": params}, encoder.tokenizer(texts),
-                                  method=flip_lib.FLIP.encode_text))
+                                method=flip_lib.FLIP.encode_text))
   np.testing.assert_allclose(encoder.texts(params, texts), want_t, atol=2e-5)
 
 

@@ -86,7 +86,7 @@ def test_mask_zero_equals_no_masking():
   params, images, _ = init(model)
   plain = jit_apply(model, {"params": params}, images, method=flip_lib.FLIP.encode_image)
   zero = jit_apply(model, {"params": params}, images, 0.0, method=flip_lib.FLIP.encode_image,
-                     rngs={"mask": jax.random.key(3)})
+                   rngs={"mask": jax.random.key(3)})
   np.testing.assert_array_equal(plain, zero)
   # Independently: a ratio-0 random_masking is a pure permutation, which the encoder + GAP ignore.
   encoder = transformer.Encoder(depth=2, num_heads=2)  # default TowerOptions
@@ -94,15 +94,14 @@ def test_mask_zero_equals_no_masking():
   shuffled, _ = vit.random_masking(x, jax.random.key(5), 0.0)
   ep = jax.jit(encoder.init)(jax.random.key(0), x)
   np.testing.assert_allclose(jit_apply(encoder, ep, x).mean(1),
-                             jit_apply(encoder, ep, shuffled).mean(1),
-                             atol=1e-5)
+                             jit_apply(encoder, ep, shuffled).mean(1), atol=1e-5)
 
 
 def test_masked_forward_is_random_per_rng():
   model = tiny_model()
   params, images, _ = init(model)
   outs = [jit_apply(model, {"params": params}, images, 0.5, method=flip_lib.FLIP.encode_image,
-                      rngs={"mask": jax.random.key(k)}) for k in (0, 0, 1)]
+                    rngs={"mask": jax.random.key(k)}) for k in (0, 0, 1)]
   np.testing.assert_array_equal(outs[0], outs[1])
   assert not np.allclose(outs[0], outs[2])
 
