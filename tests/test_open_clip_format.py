@@ -51,9 +51,8 @@ def worker(*commands):
   """tests/open_clip_worker.py's commands (each a list of its arguments) in turn, in one new
   Python (torch's triton crashes beside the fork server's libraries: tests/forkserver.py; and
   importing torch costs seconds of CPU)."""
-  args = ["jobs", json.dumps([list(map(str, c)) for c in commands])] if len(commands) > 1 else (
-      list(map(str, commands[0])))
-  result = subprocess.run([sys.executable, "tests/open_clip_worker.py", *args],
+  jobs = json.dumps([list(map(str, c)) for c in commands])
+  result = subprocess.run([sys.executable, "tests/open_clip_worker.py", "jobs", jobs],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
 
