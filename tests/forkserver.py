@@ -293,11 +293,13 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 def _accept(listener, running, base_env, base_process, path):
   """Reads one request and forks its program; returns the request in the child."""
   conn, _ = listener.accept()
+  conn.settimeout(10)  # a stub stopped halfway through its request holds up no other program
   fds = []
   try:
     header, fds, _, _ = socket.recv_fds(conn, 4, 3)
     present = struct.unpack("!3b", _recv_exactly(conn, 3))
     request = json.loads(_recv_exactly(conn, struct.unpack("!I", header)[0]))
+    conn.settimeout(None)
   except (OSError, ValueError, struct.error):
     for fd in fds:
       os.close(fd)
@@ -316,6 +318,10 @@ def _accept(listener, running, base_env, base_process, path):
       os.close(fd)
     conn.close()
     return None
+  # A signal the stub passes on before the child's Python has taken over from the fork
+  # (PyOS_AfterFork_Child clears the ones it caught) or before the program starts waits in the
+  # kernel until _run lets it through.
+  signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
   pid = os.fork()
   if pid == 0:
     listener.close()
@@ -336,6 +342,7 @@ def _accept(listener, running, base_env, base_process, path):
       f.write(str(os.getpid()))
     os.replace(f"{pid_file}.tmp", pid_file)
     return request
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
   for fd in fds:
     os.close(fd)
   running[conn] = pid, what
@@ -395,6 +402,7 @@ def _run(program) -> None:
   import threading  # pylint: disable=import-outside-toplevel
   status, interrupted = 0, False
   try:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # those sent since the fork arrive now
     program()
   except SystemExit as e:
     if e.code is None:
