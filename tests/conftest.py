@@ -199,6 +199,15 @@ def local_run(shapes_data_dir, tmp_path_factory):
                               _trained(shapes_data_dir, **LOCAL_RUN)))
 
 
+def small_evals(flag: str = "config", examples: int = 100) -> list[str]:
+  """Command-line flags that shrink the :local demo's evaluations (flag `--FLAG.evals...`) to
+  `examples` images each (the linear probe: as many to train on), for tests that check that
+  they run, not what they measure: seconds less per evaluation."""
+  return [f"--{flag}.evals.{option}={examples}" for option in (
+      "zeroshot.max_examples", "retrieval.max_examples", "linear_probe.max_train_examples",
+      "linear_probe.max_test_examples")]
+
+
 STRAIGHT_RUN = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}
 
 

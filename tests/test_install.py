@@ -32,8 +32,11 @@ def test_wheel_installs_and_runs_from_elsewhere(shapes_data_dir, tmp_path):
     return subprocess.run(list(args), cwd=elsewhere, env=env, capture_output=True, text=True,
                           timeout=600)
 
-  where = run(sys.executable, "-c", "import flip, flip.configs.common; print(flip.__file__)")
-  assert where.stdout.strip().startswith(str(target)), where  # not the checkout
+  # Where `import flip` finds the package (its modules not run: a Python's imports cost ~7 s).
+  where = run(sys.executable, "-c", "import importlib.util as u; "
+              "print(u.find_spec('flip').origin, u.find_spec('flip.configs.common').origin)")
+  paths = where.stdout.split()  # the installed copy, not the checkout
+  assert len(paths) == 2 and all(p.startswith(str(target)) for p in paths), where
   assert os.path.exists(target / "flip" / "data" / "vocab_bert_base_uncased.txt")
 
   workdir = tmp_path / "run"

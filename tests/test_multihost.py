@@ -16,6 +16,7 @@ import pytest
 
 import forkserver
 import multihost_worker
+from conftest import small_evals
 from conftest import xla_flags
 from flip import checkpoint
 from flip import distributed
@@ -188,16 +189,12 @@ def test_flip_main_runs_stops_on_sigterm_and_resumes_as_two_processes(shapes_dat
   notice) stops both after the same step, with a checkpoint and exit status 143; the rerun
   resumes from it and ends with the parameters of an uninterrupted run, bit for bit."""
 
-  small_evals = [f"--config.evals.{option}=100" for option in (
-      "zeroshot.max_examples", "retrieval.max_examples", "linear_probe.max_train_examples",
-      "linear_probe.max_test_examples")]
-
   def main(workdir, logs, evals=True, **kwargs):
     port = free_port()
     argv = [*forkserver.python(), "-m", "flip.main", "--config=configs/demo.py:local",
             f"--workdir={workdir}", f"--config.input.data_dir={shapes_data_dir}",
             "--config.total_steps=6", "--config.checkpoint_every_steps=3",
-            "--config.log_every_steps=1", *(small_evals if evals else ["--config.evals={}"]),
+            "--config.log_every_steps=1", *(small_evals() if evals else ["--config.evals={}"]),
             f"--coordinator_address=localhost:{port}", "--num_processes=2"]
     start = time.time()
     out = run_processes([(argv + [f"--process_id={i}"], process_env(1)) for i in range(2)],

@@ -187,6 +187,15 @@ def test_decode_guarded_of_a_good_batch_is_decode_batch():
     assert np.array_equal(out[k], whole[k].numpy()), k
 
 
+def test_decoding_is_traced_once_for_every_pipeline_of_the_same_options():
+  # Micro-batches of other sizes, with and without broken records (decoded again one by one):
+  # one trace of decode_batch, ~0.5 s of every pipeline's start-up.
+  options = pipeline.DecodeOptions(seed=12345, image_size=8, crop_area_min=0.5)  # this test's
+  for rows in ([(jpeg(0), "a"), (TRUNCATED, "b")], [(jpeg(1), "c")] * 3):
+    only(pipeline.decode_guarded(*micro_batch(rows), options))
+  assert pipeline.decode_batch_fn(options).experimental_get_tracing_count() == 1
+
+
 # --- dropping and counting -----------------------------------------------------------------
 
 def decoded(rows, first_index=0):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import forkserver
+from conftest import small_evals
 
 pytestmark = pytest.mark.slow  # the tools train several runs in subprocesses
 
@@ -31,7 +32,7 @@ def test_two_stage_pretrains_then_tunes_and_tabulates(shapes_data_dir, tmp_path)
                   f"--pretrain.input.data_dir={shapes_data_dir}",
                   f"--tune.input.data_dir={shapes_data_dir}", "--tune.total_steps=4",
                   "--pretrain.total_steps=10",
-                  "--tune.input.image_size=48"])
+                  "--tune.input.image_size=48", *small_evals("pretrain"), *small_evals("tune")])
   table = json.loads((workdir / "two_stage.json").read_text())
   assert list(table) == ["pretrained (mask 0.5)", "masked inference (0.5)", "unmasked tuning"]
   assert table["pretrained (mask 0.5)"]["step"] == 10 and table["unmasked tuning"]["step"] == 4
@@ -58,7 +59,8 @@ def test_tradeoff_writes_table_curve_and_plot(shapes_data_dir, tmp_path):
             "--tune=configs/demo_unmasked_tuning.py:local",
             f"--config.input.data_dir={shapes_data_dir}",
             f"--tune.input.data_dir={shapes_data_dir}", f"--budget_s={budget}", "--masks=0,0.75",
-            "--calib_steps=4", "--evals=2", f"--workdir={tmp_path / 'runs'}", f"--out={out}"])
+            "--calib_steps=4", "--evals=2", f"--workdir={tmp_path / 'runs'}", f"--out={out}",
+            *small_evals("config"), *small_evals("tune")])
   rows = json.loads(out.with_suffix(".json").read_text())["rows"]
   assert [r["mask_ratio"] for r in rows] == [0.0, 0.75]
   for r in rows:

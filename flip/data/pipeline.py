@@ -299,12 +299,21 @@ def decode_batch(positions: tf.Tensor, records: dict[str, tf.Tensor],
 
 @functools.lru_cache(maxsize=None)
 def decode_batch_fn(options: DecodeOptions):
-  """decode_batch for `options` as one tf.function, traced once per process (at most twice: a
-  micro-batch, then a generalised shape) and called from then on by every pipeline built with
-  the same options (the source check, the training stream and its per-record fallback, a resumed
-  stream): each of them used to trace it again, ~0.6 s of start-up apiece."""
-  return tf.function(functools.partial(decode_batch, options=options), autograph=False,
-                     reduce_retracing=True)
+  """decode_batch for `options` as one tf.function, called by every pipeline built with the same
+  options (the source check, the training stream and its per-record fallback, a resumed
+  stream): each of them used to trace it again, ~0.5 s of start-up apiece."""
+  return tf.function(functools.partial(decode_batch, options=options), autograph=False)
+
+
+def decode_any_batch(positions: tf.Tensor, records: dict[str, tf.Tensor],
+                     options: DecodeOptions) -> dict[str, tf.Tensor]:
+  """decode_batch_fn(options) for a micro-batch of any size: traced once per process and record
+  structure, for an unknown number of records (a micro-batch and a single record alike)."""
+  specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype),
+                                (positions, records))
+  fn = decode_batch_fn(options)
+  fn.get_concrete_function(*specs)  # a trace that every size is a subtype of: no other one
+  return fn(positions, records)
 
 
 def decode_record(position: tf.Tensor, record: dict[str, tf.Tensor],
@@ -313,7 +322,8 @@ def decode_record(position: tf.Tensor, record: dict[str, tf.Tensor],
   fails, the record marked "corrupt or truncated image" ("image file unreadable" for paths)."""
   size = options.image_size
   batched = tf.nest.map_structure(lambda x: x[None], (position, record))
-  ok = tf.data.Dataset.from_tensors(batched).map(traced(decode_batch_fn(options))).ignore_errors()
+  ok = tf.data.Dataset.from_tensors(batched).map(
+      traced(functools.partial(decode_any_batch, options=options))).ignore_errors()
   failed = tf.data.Dataset.from_tensors(dict(
       image=tf.zeros([1, size, size, 3]), text=tf.constant([""]),
       problem=tf.constant(["image file unreadable" if options.from_path else
@@ -334,7 +344,7 @@ def decode_guarded(positions: tf.Tensor, records: dict[str, tf.Tensor],
       traced(functools.partial(decode_record, options=options)))
   fallback = one_by_one.unbatch().batch(MICRO_BATCH)
   batch = tf.data.Dataset.from_tensors((positions, records)).map(
-      traced(decode_batch_fn(options))).ignore_errors()
+      traced(functools.partial(decode_any_batch, options=options))).ignore_errors()
   return batch.concatenate(fallback).take(1)
 
 
