@@ -127,10 +127,10 @@ def test_tfds_build_and_load(shapes_data_dir):
   # The tests' build is cut to conftest.split_sizes(); the data set is SPLIT_SIZES.
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == conftest.split_sizes()
   assert sorted(builder._split_generators(None)) == sorted(shapes.SPLIT_SIZES)
-  # The cut train split is the data set's first TRAIN_EXAMPLES examples.
+  # The cut train split is the data set's first train_examples() examples.
   labels = [ex["label"] for ex in tfds.as_numpy(tfds.load("flip_shapes", split="train",
                                                            data_dir=shapes_data_dir))]
-  want = [shapes._primary_class("train", i) for i in range(conftest.TRAIN_EXAMPLES)]
+  want = [shapes._primary_class("train", i) for i in range(conftest.train_examples())]
   assert (np.bincount(labels, minlength=shapes.NUM_CLASSES).tolist() ==
           np.bincount(want, minlength=shapes.NUM_CLASSES).tolist())
   assert builder.info.features["label"].names == shapes.CLASS_NAMES

@@ -208,7 +208,7 @@ def test_tfds_source_picks_one_caption_and_shares_by_process(shapes_data_dir):
   assert batch["image"].shape == (8, 16, 16, 3)
   source = pipeline.parse_sources(config)[0]
   units = sources.units(source, 4)
-  n = conftest.TRAIN_EXAMPLES // 4  # the training split's records in 4 equal units
+  n = conftest.train_examples() // 4  # the training split's records in 4 equal units
   assert len(units) == 4 and units[0].endswith(f"#0#{n}") and units[3].endswith(f"#{3 * n}#{n}")
 
 
