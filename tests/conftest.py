@@ -29,13 +29,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # inherited by the tests' sub
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
-# The entry points restart themselves once with glibc huge pages (flip/hostmem.py); the tests'
-# subprocesses start with them instead (a second import of JAX saved per launch).
-from flip import hostmem  # noqa: E402
-
-if hostmem.wanted() and not hostmem.active():
-  os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"),
-                                                         hostmem.TUNABLE]))
+# The entry points restart themselves once with glibc huge pages (flip/hostmem.py); the test
+# processes and their subprocesses run without them (inherited; no restart either). Their
+# programs are small and many, most of them forked from a server, and huge pages cost them more
+# than they save: the fast tier took 2 min 12 s (252 s of CPU, 19 of them in the kernel) against
+# 2 min 36 s (297, 34) with them (AMD EPYC, 2 cores, -n 2, runs 20 minutes apart), and a process
+# of two warm :local runs spent 4.2-4.9 s in the kernel against 9.0-10.0. tests/test_hostmem.py
+# runs its programs without the setting; test_cli.py's restart tests stub flip.hostmem.
+os.environ.setdefault("FLIP_NO_HUGEPAGES", "1")
 
 import pytest  # noqa: E402
 
