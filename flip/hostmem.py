@@ -19,6 +19,7 @@ import os
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
+ENV_OFF = "FLIP_NO_HUGEPAGES"  # set (non-empty): no restart, no huge pages
 _THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -45,7 +46,7 @@ def wanted() -> bool:
   """True where the tunable would change something: glibc 2.35+ and THP only on request."""
   version = _glibc_version()
   return (sys.platform.startswith("linux") and version is not None and version >= (2, 35)
-          and thp_mode() == "madvise" and not os.environ.get("FLIP_NO_HUGEPAGES"))
+          and thp_mode() == "madvise" and not os.environ.get(ENV_OFF))
 
 
 def active() -> bool:

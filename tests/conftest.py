@@ -36,7 +36,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # inherited by the tests' sub
 # 2 min 36 s (297, 34) with them (AMD EPYC, 2 cores, -n 2, runs 20 minutes apart), and a process
 # of two warm :local runs spent 4.2-4.9 s in the kernel against 9.0-10.0. tests/test_hostmem.py
 # runs its programs without the setting; test_cli.py's restart tests stub flip.hostmem.
-os.environ.setdefault("FLIP_NO_HUGEPAGES", "1")
+from flip import hostmem  # noqa: E402
+
+os.environ.setdefault(hostmem.ENV_OFF, "1")
 
 import pytest  # noqa: E402
 
