@@ -131,3 +131,28 @@ def test_runs_of_other_lengths_share_one_compiled_step():
     _, _, abstract, step_fn = train_step.build(c, mesh)
     texts.append(step_fn.lower(abstract, *train_step.abstract_inputs(c, mesh)).as_text())
   assert texts[0] == texts[1]
+
+
+def test_init_is_traced_once_and_placed_as_its_abstract_state(monkeypatch):
+  """train_step.init_state traces the model's init once (the abstract state and the jitted init
+  share the trace) and the state it makes has the abstract state's shapes and shardings."""
+  from flip import sharding
+  from flip import train_step
+  traced = []
+  init_params = flip_lib.init_params
+  monkeypatch.setattr(flip_lib, "init_params", lambda *a: traced.append(1) or init_params(*a))
+  c = config_lib.base_config()
+  c.input.update(global_batch_size=8, image_size=8)
+  c.model.image.update(patch_size=4, depth=1, width=16, num_heads=2)
+  c.model.text.update(depth=1, width=16, num_heads=2, vocab_size=50)
+  c.model.embed_dim = 8
+  c.mesh = {"fsdp": 2}
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
+  _, init_fn, abstract, _ = train_step.build(c, mesh)
+  state = init_fn(jax.random.key(0))
+  assert len(traced) == 1
+  want, got = jax.tree.leaves(abstract), jax.tree.leaves(state)
+  assert len(want) == len(got) > 10
+  assert [(x.shape, x.dtype, x.sharding) for x in want] == [
+      (x.shape, x.dtype, x.sharding) for x in got]
+  assert any(not x.sharding.is_fully_replicated for x in got)  # fsdp shards some parameters
