@@ -39,7 +39,7 @@ def init_state(config: ml_collections.ConfigDict, model: flip_lib.FLIP,
     params = flip_lib.init_params(model, rng, size, text_len)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-  # Traced once (~0.2-0.3 s of a small model's start-up): the jit of the same function below
+  # Traced once (~0.2 s of the :local model's start-up): the jit of the same function below
   # reuses this trace, whatever its out_shardings.
   boxed = jax.jit(boxed_init).eval_shape(jax.random.key(0))
   abstract = sharding.placed(boxed, mesh, config.logical_axis_rules)
