@@ -114,6 +114,16 @@ def test_schedule_equals_optax_warmup_cosine_compiled():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, err_msg=f"{warmup}, {total}")
 
 
+def tiny_train_config():
+  """A base config with one-layer towers of width 16 on 8x8 images, batch 8."""
+  c = config_lib.base_config()
+  c.input.update(global_batch_size=8, image_size=8)
+  c.model.image.update(patch_size=4, depth=1, width=16, num_heads=2)
+  c.model.text.update(depth=1, width=16, num_heads=2, vocab_size=50)
+  c.model.embed_dim = 8
+  return c
+
+
 def test_runs_of_other_lengths_share_one_compiled_step():
   """The schedule's numbers are an argument of the train step, not constants in it: the
   program (and so its persistent-cache entry) is the same for any run length and warmup."""
@@ -121,11 +131,7 @@ def test_runs_of_other_lengths_share_one_compiled_step():
   from flip import train_step
   texts = []
   for total, warmup in ((10, 2), (2200, 500)):
-    c = config_lib.base_config()
-    c.input.update(global_batch_size=8, image_size=8)
-    c.model.image.update(patch_size=4, depth=1, width=16, num_heads=2)
-    c.model.text.update(depth=1, width=16, num_heads=2, vocab_size=50)
-    c.model.embed_dim = 8
+    c = tiny_train_config()
     c.total_steps, c.optim.warmup_steps = total, warmup
     mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
     _, _, abstract, step_fn = train_step.build(c, mesh)
@@ -141,11 +147,7 @@ def test_init_is_traced_once_and_placed_as_its_abstract_state(monkeypatch):
   traced = []
   init_params = flip_lib.init_params
   monkeypatch.setattr(flip_lib, "init_params", lambda *a: traced.append(1) or init_params(*a))
-  c = config_lib.base_config()
-  c.input.update(global_batch_size=8, image_size=8)
-  c.model.image.update(patch_size=4, depth=1, width=16, num_heads=2)
-  c.model.text.update(depth=1, width=16, num_heads=2, vocab_size=50)
-  c.model.embed_dim = 8
+  c = tiny_train_config()
   c.mesh = {"fsdp": 2}
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:2])
   _, init_fn, abstract, _ = train_step.build(c, mesh)
