@@ -4,14 +4,15 @@ Most end-to-end tests start the entry points and tools as subprocesses, and ever
 spends 6-7 s of CPU importing TensorFlow, JAX and the rest before it does anything (a third of
 the whole suite's CPU on a 2-core machine), and a second or two more tearing them down at exit.
 `python()` is the command prefix to use instead of `sys.executable`: a small stub
-(`python -I -S -c STUB SOCKET ARGS...`, tens of milliseconds) that asks this pytest
-worker's server to fork a copy of itself, made after those imports and before anything starts a
-thread pool or a JAX backend, and to run `python ARGS...` in it. The stub is what subprocess
-sees: the program has the stub's stdin, stdout and stderr, the signals sent to the stub are
-passed on to it, and the stub ends with the program's exit status (a program killed by a signal
-kills the stub with the same signal; a killed stub takes its program along). `pid_of(popen)` is
-the program's own process id. The program ends as Python ends one (its exception printed, its
-threads joined, its atexit functions run), but without tearing down the modules.
+(`env --block-signal=... python -I -S -c STUB SOCKET ARGS...`, tens of milliseconds) that asks
+this pytest worker's server to fork a copy of itself, made after those imports and before
+anything starts a thread pool or a JAX backend, and to run `python ARGS...` in it. The stub is
+what subprocess sees: the program has the stub's stdin, stdout and stderr, the signals sent to
+the stub are passed on to it, and the stub ends with the program's exit status (a program
+killed by a signal kills the stub with the same signal; a killed stub takes its program along).
+`pid_of(popen)` is the program's own process id. The program ends as Python ends one (its
+exception printed, its threads joined, its atexit functions run), but without tearing down the
+modules.
 
 A program runs in a plain new Python instead (the stub execs `sys.executable ARGS...`) where a
 fork could differ from it: interpreter options before the program (`python -X ... -m ...`), an
@@ -25,6 +26,7 @@ imports, crashes the process when it loads beside the libraries the server has i
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import resource
@@ -79,7 +81,27 @@ def python() -> list[str]:
     deadline = time.time() + 60
     while not os.path.exists(_socket) and _server.poll() is None and time.time() < deadline:
       time.sleep(0.01)  # it listens before its imports: the stubs wait in its queue
-  return [sys.executable, "-I", "-S", "-c", _STUB_CODE, _socket]
+  return [*_blocked(), sys.executable, "-I", "-S", "-c", _STUB_CODE, _socket]
+
+
+_blocked_prefix: list[str] | None = None
+
+
+def _blocked() -> list[str]:
+  """`env --block-signal=...` (GNU coreutils 8.31 and later), which starts the stub with SIGNALS
+  already blocked: CPython loses a SIGINT that arrives during its own start-up, before the
+  stub's first statement (Python's handler raises KeyboardInterrupt inside a weak reference
+  callback of the import system, which prints "Exception ignored in: ... _get_module_lock" and
+  goes on: 2 of 300 plain `python -c` starts, SIGINTs 0-60 ms after the start on a busy 2-core
+  machine). [] where env cannot: the stub's first statement blocks them then."""
+  global _blocked_prefix
+  if _blocked_prefix is None:
+    env = shutil.which("env")
+    names = ",".join(signum.name[3:] for signum in SIGNALS)
+    works = env is not None and subprocess.run(
+        [env, f"--block-signal={names}", "true"], capture_output=True).returncode == 0
+    _blocked_prefix = [env, f"--block-signal={names}"] if works else []
+  return _blocked_prefix
 
 
 def pid_of(popen: subprocess.Popen) -> int:
@@ -103,14 +125,15 @@ def _stop_server(directory: str) -> None:
   shutil.rmtree(directory, ignore_errors=True)
 
 
-# The stub: asks the server to run `python ARGS...`, or execs it. It runs as `python -c`, which
-# first blocks the signals it passes on: they wait in the kernel until its handlers are in place.
-# (Python loses a SIGINT that arrives while it sets up a script given by its path: 6 of 300 sent
-# 5-25 ms after the start of `python -I -S SCRIPT`, none of 300 with -c, on a busy 2-core machine.)
+# The stub: asks the server to run `python ARGS...`, or execs it. It starts with the signals it
+# passes on blocked (_blocked; else its first statement blocks them), and they stay blocked for
+# its whole life: each waits in the kernel until the stub takes it (sigtimedwait) and sends it
+# on. No handler of the stub's catches one, so no step of the interpreter can drop one.
 _STUB_CODE = (
     "import _signal as s; s.pthread_sigmask(s.SIG_BLOCK, {%s}); import sys; "
     "sys.path.insert(0, %r); import forkserver; forkserver._stub(sys.argv[1], sys.argv[2:])" % (
         ", ".join(f"s.{signum.name}" for signum in SIGNALS), os.path.dirname(STUB)))
+FORWARD_POLL_S = 0.01  # how often the stub looks for signals to pass on while its program runs
 
 
 def _recv_line(sock: socket.socket, pending: bytearray) -> dict | None:
@@ -125,22 +148,10 @@ def _recv_line(sock: socket.socket, pending: bytearray) -> dict | None:
 
 
 def _stub(path: str, args: list[str]) -> None:
-  """Asks the server to run `python ARGS...` (the signals blocked since the stub started)."""
-  child, queued = [], []
-
-  def forward(signum, frame):  # to the program, once it has a process id
-    del frame
-    if child:
-      os.kill(child[0], signum)
-    else:
-      queued.append(signum)
-
-  for signum in SIGNALS:
-    signal.signal(signum, forward)
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # those sent so far: queued
+  """Asks the server to run `python ARGS...` (SIGNALS blocked since the stub started)."""
   fallback = [sys.executable, *args]
   if not args or args[0].startswith("-") and args[0] not in ("-m", "-c"):
-    _exec(fallback, queued)
+    _exec(fallback)
   try:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
@@ -154,31 +165,30 @@ def _stub(path: str, args: list[str]) -> None:
   except OSError:
     reply = None
   if reply is None or "fallback" in reply:
-    _exec(fallback, queued)
-  child.append(reply["pid"])
-  for signum in queued:
-    os.kill(child[0], signum)
+    _exec(fallback)
+  child = reply["pid"]
+  while not pending and not select.select([sock], [], [], FORWARD_POLL_S)[0]:
+    while (info := signal.sigtimedwait(SIGNALS, 0)) is not None:  # those sent so far, in turn
+      os.kill(child, info.si_signo)
   reply = _recv_line(sock, pending)
   if reply is None:
-    os.kill(child[0], signal.SIGKILL)
+    os.kill(child, signal.SIGKILL)
     sys.stderr.write("forkserver: the server ended before the program\n")
     os._exit(1)
   returncode = reply["returncode"]
-  if returncode < 0:
+  if returncode < 0:  # killed by a signal: so is the stub
     signal.signal(-returncode, signal.SIG_DFL)
     os.kill(os.getpid(), -returncode)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {-returncode})
   os._exit(returncode)
 
 
-def _exec(argv: list[str], queued: list[int]) -> None:
-  """Execs a new Python; the signals queued so far (and any sent meanwhile) do first what they
-  would have done to a Python that had not started yet."""
-  signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+def _exec(argv: list[str]) -> None:
+  """Execs a new Python; a signal sent so far does first what it would have done to a Python
+  that had not started yet (ends the stub)."""
   for signum in SIGNALS:
     signal.signal(signum, signal.SIG_DFL)
-  for signum in queued:
-    os.kill(os.getpid(), signum)
-  signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # their default action ends the stub
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
   os.execv(argv[0], argv)
 
 
@@ -230,6 +240,11 @@ def _serve(path: str) -> dict:
   # first record it meets without one; a program that installs its own (absl's) before that
   # import would print each line twice in the fork.
   logging.root.handlers.clear()
+  # The preloaded modules' ~500,000 objects, frozen: a full collection in a forked program skips
+  # them (a 6-step :local run's collections took 0.19 s instead of 0.5) and leaves their memory
+  # pages shared with the server instead of writing to them.
+  gc.collect()
+  gc.freeze()
   threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
                    for t in os.listdir("/proc/self/task"))
   if any(name != "python" for name in threads):  # a thread pool a fork would lose
