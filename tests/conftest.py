@@ -225,17 +225,6 @@ def small_evals(flag: str = "config", examples: int = 100) -> list[str]:
       "linear_probe.max_test_examples")]
 
 
-STRAIGHT_RUN = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}}
-
-
-@pytest.fixture(scope="session")
-def straight_run(shapes_data_dir, tmp_path_factory):
-  """(workdir, summary) of an uninterrupted :local run with the STRAIGHT_RUN overrides: what the
-  stopped and resumed runs of the same settings must end equal to."""
-  return _read_run(built_once(tmp_path_factory, "straight_run",
-                              _trained(shapes_data_dir, **STRAIGHT_RUN)))
-
-
 # The files whose slow tests take the longest wall-clock, mostly waiting (processes in gloo's
 # collectives, runs timed against a budget): 1-2 minutes each, which at the end of a run would
 # leave the other workers idle.

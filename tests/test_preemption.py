@@ -1,5 +1,6 @@
 """SIGTERM/SIGINT stop a run with a checkpoint it resumes from exactly (flip/preemption.py)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,8 +17,7 @@ from flip import errors
 from flip import lock
 from flip import train
 from flip.data import pipeline
-from conftest import STRAIGHT_RUN
-from test_train import ROOT, final_params, local_config
+from test_train import ROOT, broken_wds_shards, final_params, local_config
 
 pytestmark = pytest.mark.slow  # training loops and subprocess runs of flip.main
 
@@ -36,18 +36,31 @@ def signal_at_batch(monkeypatch, signum, batch):
   monkeypatch.setattr(pipeline, "prefetch_to_device", prefetch)
 
 
-def test_signals_stop_with_a_checkpoint_and_the_resumed_run_is_exact(shapes_data_dir, tmp_path,
-                                                                      monkeypatch, straight_run):
-  """SIGTERM during step 5, then SIGINT during step 8 of the resumed run: each saves its step
-  with the input position and ends with errors.Interrupted; the final parameters equal an
-  uninterrupted run's, bit for bit."""
+# 12 steps of 32 over shards of 120 good records and 5 broken ones: three epochs and more.
+STRAIGHT_RUN = {"total_steps": 12, "checkpoint_every_steps": 4, "evals": {}, "log_every_steps": 1}
+
+
+def test_stopped_by_config_and_signals_the_resumed_run_is_exact(shapes_data_dir, tmp_path,
+                                                                monkeypatch):
+  """One run stopped three times on shards with broken records (the 12 steps span three epochs):
+  by config.stop_at_step after step 6, by SIGTERM during step 8 and by SIGINT during step 10 of
+  the runs resumed from it. Each stop saves its step with the input position (a signal also ends
+  with errors.Interrupted); the last rerun ends with the parameters of an uninterrupted run, bit
+  for bit, having skipped as many broken records."""
   assert threading.current_thread() is threading.main_thread()
-  overrides = dict(STRAIGHT_RUN, log_every_steps=1)
+  overrides = dict(STRAIGHT_RUN)
+  overrides["input.data"], _ = broken_wds_shards(tmp_path / "shards")
   straight = local_config(shapes_data_dir, **overrides)
-  straight_dir, _ = straight_run  # the same settings, logged less often
+  summary = train.train_and_evaluate(straight, str(tmp_path / "straight"))
+  # Each broken record is dropped once per epoch: three whole epochs, and some of the fourth.
+  assert 3 * len(fx.BROKEN) <= summary["data/skipped"] <= 4 * len(fx.BROKEN)
 
   workdir = str(tmp_path / "stopped")
-  for signum, batch, step in ((signal.SIGTERM, 5, 5), (signal.SIGINT, 3, 8)):
+  train.train_and_evaluate(local_config(shapes_data_dir, stop_at_step=6, **overrides), workdir)
+  assert final_params(workdir, straight)[1] == 6
+  with open(os.path.join(workdir, "checkpoints", "6", "data", "metadata")) as f:
+    assert json.load(f)["processes"][0][0] == 6 * 32  # examples consumed by the one process
+  for signum, batch, step in ((signal.SIGTERM, 2, 8), (signal.SIGINT, 2, 10)):
     with monkeypatch.context() as m:
       signal_at_batch(m, signum, batch)
       with pytest.raises(errors.Interrupted) as e:
@@ -62,7 +75,8 @@ def test_signals_stop_with_a_checkpoint_and_the_resumed_run_is_exact(shapes_data
     assert signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler)  # restored
   resumed = train.train_and_evaluate(local_config(shapes_data_dir, **overrides), workdir)
   assert resumed["step"] == 12
-  want, _ = final_params(straight_dir, straight)
+  assert resumed["data/skipped"] == summary["data/skipped"]
+  want, _ = final_params(str(tmp_path / "straight"), straight)
   got, _ = final_params(workdir, straight)
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))

@@ -14,7 +14,6 @@ import tensorflow as tf
 import forkserver
 import shard_fixtures as fx
 from conftest import LOCAL_RUN
-from conftest import STRAIGHT_RUN
 from conftest import local_demo_config as local_config
 from conftest import xla_flags
 from flip import checkpoint
@@ -63,36 +62,6 @@ def broken_wds_shards(directory):
   """wds shards with every kind of broken record, and their spec (issue 3's robustness cases)."""
   shards = fx.write_shards(str(directory), num_shards=4, per_shard=30)
   return f"wds:{directory}/{{00000..00003}}.tar", shards
-
-
-def test_stopped_and_resumed_run_equals_uninterrupted_run(shapes_data_dir, tmp_path):
-  """Same final params: the run stopped by config.stop_at_step and resumed continues the data
-  stream where it stopped, on shards with broken records (120 good records, 5 broken ones: the
-  12 steps span three epochs). A run of the TFDS data set stopped and resumed (by signals) is
-  test_preemption's."""
-  overrides = dict(STRAIGHT_RUN)
-  overrides["input.data"], _ = broken_wds_shards(tmp_path / "shards")
-  straight = local_config(shapes_data_dir, **overrides)
-  straight_dir = str(tmp_path / "straight")
-  summary = train.train_and_evaluate(straight, straight_dir)
-
-  stopped = local_config(shapes_data_dir, stop_at_step=6, **overrides)
-  train.train_and_evaluate(stopped, str(tmp_path / "resumed"))
-  assert final_params(str(tmp_path / "resumed"), stopped)[1] == 6
-  saved = json.loads((tmp_path / "resumed" / "checkpoints" / "6" / "data" / "metadata").read_text())
-  assert saved["processes"][0][0] == 6 * 32  # examples consumed by the one process
-  resumed = train.train_and_evaluate(local_config(shapes_data_dir, **overrides),
-                                     str(tmp_path / "resumed"))
-  assert resumed["step"] == 12
-  assert resumed["data/skipped"] == summary["data/skipped"]
-  # Each broken record is dropped once per epoch: three whole epochs, and some of the fourth.
-  assert 3 * len(fx.BROKEN) <= summary["data/skipped"] <= 4 * len(fx.BROKEN)
-
-  want, want_step = final_params(straight_dir, straight)
-  got, got_step = final_params(str(tmp_path / "resumed"), straight)
-  assert want_step == got_step == 12
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 def test_trains_from_every_source_format(shapes_data_dir, tmp_path):
