@@ -119,7 +119,8 @@ def test_a_signal_sent_while_the_program_starts_is_not_lost(tmp_path):
   KeyboardInterrupt, which CPython itself drops when it is raised inside a weak reference
   callback or a finalizer ("Exception ignored in: ..."), as in its own start-up: 2 of 300 plain
   `python -c` programs sent a SIGINT 0-60 ms after their start kept running (AMD EPYC, 2 cores,
-  two busy processes beside them). A SIGINT a second after the start:
+  two busy processes beside them), and 1 of 360 forked programs of a stress run of this sweep. A
+  SIGINT a second after the start:
   test_signals_reach_the_program_and_a_killed_stub_takes_it_along."""
   starts = []
   for _ in range(3):
