@@ -26,6 +26,7 @@ imports, crashes the process when it loads beside the libraries the server has i
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import json
 import os
@@ -84,24 +85,19 @@ def python() -> list[str]:
   return [*_blocked(), sys.executable, "-I", "-S", "-c", _STUB_CODE, _socket]
 
 
-_blocked_prefix: list[str] | None = None
-
-
-def _blocked() -> list[str]:
+@functools.cache
+def _blocked() -> tuple[str, ...]:
   """`env --block-signal=...` (GNU coreutils 8.31 and later), which starts the stub with SIGNALS
   already blocked: CPython loses a SIGINT that arrives during its own start-up, before the
   stub's first statement (Python's handler raises KeyboardInterrupt inside a weak reference
   callback of the import system, which prints "Exception ignored in: ... _get_module_lock" and
   goes on: 2 of 300 plain `python -c` starts, SIGINTs 0-60 ms after the start on a busy 2-core
-  machine). [] where env cannot: the stub's first statement blocks them then."""
-  global _blocked_prefix
-  if _blocked_prefix is None:
-    env = shutil.which("env")
-    names = ",".join(signum.name[3:] for signum in SIGNALS)
-    works = env is not None and subprocess.run(
-        [env, f"--block-signal={names}", "true"], capture_output=True).returncode == 0
-    _blocked_prefix = [env, f"--block-signal={names}"] if works else []
-  return _blocked_prefix
+  machine). () where env cannot: the stub's first statement blocks them then."""
+  env = shutil.which("env")
+  names = ",".join(signum.name[3:] for signum in SIGNALS)
+  works = env is not None and subprocess.run(
+      [env, f"--block-signal={names}", "true"], capture_output=True).returncode == 0
+  return (env, f"--block-signal={names}") if works else ()
 
 
 def pid_of(popen: subprocess.Popen) -> int:
